@@ -1,0 +1,147 @@
+"""The ``pipeline`` command. Bad input exits 2 with one line naming the file, line and field; a teacher that
+fails after its retries exits 1; an interrupted run exits 130. Nothing prints a traceback to the user."""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .config import RunConfig, load_config
+from .errors import InputError, TeacherError
+from .runio import default_run_id
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Make instruction-tuning data: Self-Instruct bootstrap, filtering, export.")
+console = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: the embedded demo.")
+SetOpt = typer.Option(None, "--set", help="Override any config key: --set bootstrap.target_instructions=100.")
+BackendOpt = typer.Option(None, "--teacher", help="Teacher backend: llamacpp, openai or vllm.")
+ModelOpt = typer.Option(None, "--model", help="Teacher model (GGUF path, API model name, or HF model).")
+BaseUrlOpt = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compatible API.")
+
+
+def _fail(exc: Exception) -> None:
+    if isinstance(exc, InputError):
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+    if isinstance(exc, TeacherError):
+        console.print(f"[bold red]teacher error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    raise exc
+
+
+def _load(config: Optional[Path], sets: Optional[list[str]], **overrides) -> RunConfig:
+    return load_config(config, overrides=overrides, sets=sets)
+
+
+class _Bars:
+    """Rich progress bars, one per stage, with counts and rates."""
+
+    def __init__(self) -> None:
+        self.progress = Progress(TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
+                                 transient=False)
+        self.tasks: dict[str, int] = {}
+        self.t0: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int, fields: dict) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
+            self.t0[stage] = time.time()
+        minutes = max(time.time() - self.t0[stage], 1e-9) / 60
+        info = " ".join(f"{k}={v}" for k, v in fields.items())
+        if stage == "bootstrap":
+            info += f" ({done / minutes:.1f} instr/min)"
+        self.progress.update(self.tasks[stage], completed=done, total=total, info=info)
+
+
+def _print_summary(manifest: dict, run_dir: Path) -> None:
+    table = Table(title=f"run {manifest['run_id']}", show_lines=False)
+    table.add_column("stage")
+    table.add_column("kept", justify="right")
+    table.add_column("rejected", justify="right")
+    table.add_column("top rejection reasons")
+    table.add_column("wall s", justify="right")
+    for name, s in manifest["stages"].items():
+        reasons = ", ".join(f"{k} {v}" for k, v in list(s["rejected_by_reason"].items())[:4])
+        table.add_row(name, str(s["kept"]), str(s["rejected"]), reasons, f"{s['wall_s']:.1f}")
+    console.print(table)
+    tokens = manifest.get("tokens", {})
+    console.print(f"tokens: {tokens.get('prompt', 0)} in, {tokens.get('completion', 0)} out; "
+                  f"wall {manifest['wall_s']:.1f} s; output in {run_dir}")
+
+
+def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_url, target) -> None:
+    from .run import run_stages
+
+    try:
+        cfg = _load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
+                                     "teacher.base_url": base_url, "bootstrap.target_instructions": target})
+        run_dir = Path(out) if out else cfg.resolve_path(cfg.output_dir) / (cfg.run_id or default_run_id())
+        bars = _Bars()
+        with bars.progress:
+            manifest = run_stages(cfg, run_dir, str(config) if config else None, stages=stages, progress=bars)
+    except (InputError, TeacherError) as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: records written so far are intact")
+        raise typer.Exit(130)
+    _print_summary(manifest, run_dir)
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt,
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default outputs/<UTC timestamp>)."),
+        teacher: Optional[str] = BackendOpt, model: Optional[str] = ModelOpt, base_url: Optional[str] = BaseUrlOpt,
+        target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept (bootstrap).")) -> None:
+    """Run every configured stage: bootstrap, then export the dataset."""
+    _run(None, config, sets, out, teacher, model, base_url, target)
+
+
+@app.command("bootstrap")
+def bootstrap_cmd(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt,
+                  out: Optional[Path] = typer.Option(None, "--out", help="Run directory."),
+                  teacher: Optional[str] = BackendOpt, model: Optional[str] = ModelOpt,
+                  base_url: Optional[str] = BaseUrlOpt,
+                  target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept.")) -> None:
+    """Run the Self-Instruct bootstrap stage alone (writes <out>/bootstrap/kept.jsonl and rejected.jsonl)."""
+    _run(["bootstrap"], config, sets, out, teacher, model, base_url, target)
+
+
+@app.command("check-teacher")
+def check_teacher(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt,
+                  teacher: Optional[str] = BackendOpt, model: Optional[str] = ModelOpt,
+                  base_url: Optional[str] = BaseUrlOpt) -> None:
+    """Send one short request to the configured teacher and print its answer, latency and token counts."""
+    from .config import Decoding
+    from .teachers import ChatRequest, make_teacher
+
+    try:
+        cfg = _load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
+                                     "teacher.base_url": base_url})
+        t0 = time.time()
+        tch = make_teacher(cfg.teacher)
+        loaded = time.time() - t0
+        t0 = time.time()
+        [c] = tch.generate([ChatRequest([{"role": "user", "content": "Name three primary colours."}],
+                                        Decoding(temperature=0.0, top_p=1.0, max_tokens=48))])
+        tch.close()
+    except (InputError, TeacherError) as e:
+        _fail(e)
+    console.print(f"teacher [bold]{cfg.teacher.backend}[/] model [bold]{tch.model_name}[/] answered in "
+                  f"{time.time() - t0:.2f} s (start-up {loaded:.2f} s), {c.prompt_tokens} tokens in, "
+                  f"{c.completion_tokens} out, finish_reason={c.finish_reason}")
+    typer.echo(c.text.strip())
+    if not c.text.strip():
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

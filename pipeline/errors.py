@@ -1,0 +1,19 @@
+"""Errors the CLI turns into a one-line message and exit code 2 (bad input) or 1 (run failure)."""
+from __future__ import annotations
+
+
+class InputError(Exception):
+    """Bad user input: a config, seed or data file. Always names the file, line and field."""
+
+    def __init__(self, path: str, message: str, line: int | None = None, field: str | None = None):
+        self.path, self.line, self.field, self.message = str(path), line, field, message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        what = f"{self.field}: " if self.field else ""
+        return f"{where}: {what}{self.message}"
+
+
+class TeacherError(Exception):
+    """The teacher could not answer after bounded retries (down, misconfigured, unreachable)."""

@@ -1,0 +1,45 @@
+"""The records that flow between stages, and the rejection that wraps a record with its reason."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Record:
+    """One instruction with one instance: a row of the final dataset, with its provenance."""
+
+    id: str
+    instruction: str
+    input: str = ""
+    output: str = ""
+    is_classification: bool | None = None
+    source: str = "seed"  # seed | bootstrap | evolve
+    task_id: str = ""  # records generated for one instruction share a task id
+    nearest_id: str | None = None
+    nearest_instruction: str | None = None
+    rouge_l: float | None = None
+    teacher_model: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Record":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        rec = cls(**known)
+        extra = {k: v for k, v in d.items() if k not in cls.__dataclass_fields__ and k not in ("reason", "details")}
+        rec.meta = {**rec.meta, **extra}
+        return rec
+
+
+@dataclass
+class Rejection:
+    record: Record
+    reason: str  # a short stable code, e.g. "rouge_duplicate", "too_short"
+    details: dict[str, Any] = field(default_factory=dict)
+    stage: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.record.to_dict(), "reason": self.reason, "details": self.details, "stage": self.stage}

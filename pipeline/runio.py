@@ -1,0 +1,99 @@
+"""All file I/O of a run lives here: the run directory, append-only JSONL writers, the manifest.
+
+Records are appended as they are accepted and flushed to disk (fsync) after every batch; nothing is rewritten
+whole. The manifest is replaced atomically (write a temporary file, then rename).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from .errors import InputError
+
+PACKAGES = ["instruct-pipeline", "llama-cpp-python", "openai", "rouge-score", "rapidfuzz", "datasketch", "pydantic",
+            "transformers", "peft", "trl", "torch", "vllm"]
+
+
+def default_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+class JsonlWriter:
+    """Appends JSON lines; ``write_many`` makes a batch durable before it returns."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+        self.count = 0
+
+    def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+        if not lines:
+            return
+        self._fh.write("".join(lines))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self.count += len(lines)
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(str(path), f"invalid JSON ({e.msg})", line=number) from None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=2, ensure_ascii=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class StageFiles:
+    """``<run>/<stage>/kept.jsonl`` and ``rejected.jsonl``."""
+
+    def __init__(self, run_dir: Path, stage: str):
+        self.dir = run_dir / stage
+        self.kept = JsonlWriter(self.dir / "kept.jsonl")
+        self.rejected = JsonlWriter(self.dir / "rejected.jsonl")
+
+    def write(self, kept: Iterable[dict], rejected: Iterable[dict]) -> None:
+        self.kept.write_many(kept)
+        self.rejected.write_many(rejected)
+
+    def close(self) -> None:
+        self.kept.close()
+        self.rejected.close()
