@@ -28,7 +28,7 @@ _MATERIAL = (r"text|sentence|sentences|paragraph|passage|list|code|function|prog
 _NEEDS_INPUT = re.compile(
     rf"\b(given|following|below|above|provided|attached)\b|\b(this|these|the|a|an|each)\s+({_MATERIAL})\b",
     re.IGNORECASE)
-_LABELS = re.compile(r"((?:\b[\w'-]+(?: [\w'-]+)?, )*\b[\w'-]+),? or (not [\w'-]+|[\w'-]+)\b", re.IGNORECASE)
+_LABELS = re.compile(r"((?:\b[\w'-]+, )*\b[\w'-]+),? or (not [\w'-]+|[\w'-]+)\b", re.IGNORECASE)
 _CLASSIFY_CUE = re.compile(
     r"\b(classify|categori[sz]e|label|decide|determine|whether|tell if|tell whether|identify if|detect|"
     r"is it|is this|is the|are the|does the|true or false|yes or no|which (one|of|category|class))\b",

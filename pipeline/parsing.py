@@ -15,11 +15,15 @@ _ITEM = re.compile(
 _PREFIX = re.compile(r"^(?:\*\*)?(?:task|instruction|new task)\s*(?:\d+)?\s*[:.-]\s*(?:\*\*)?\s*", re.IGNORECASE)
 
 
-def _clean(item: str) -> str:
-    item = item.strip().strip("*_").strip()
-    item = _PREFIX.sub("", item)
+def _unquote(item: str) -> str:
     if len(item) >= 2 and item[0] == item[-1] and item[0] in "\"'`":
-        item = item[1:-1].strip()
+        return item[1:-1].strip()
+    return item
+
+
+def _clean(item: str) -> str:
+    item = _unquote(item.strip().strip("*_").strip())
+    item = _unquote(_PREFIX.sub("", item))
     return re.sub(r"\s+", " ", item)
 
 

@@ -1,0 +1,72 @@
+"""Shared fixtures: real parts only (the embedded GGUF, a real llama.cpp server on 127.0.0.1, real files)."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED_SEEDS = ROOT.parent / "shared" / "reference" / "self_instruct_seed_tasks.jsonl"
+OUR_SEEDS = ROOT / "seed_tasks" / "seed_tasks.jsonl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 900, cwd: Path | None = None):
+    """Run the real `pipeline` console script in a subprocess."""
+    return subprocess.run([str(Path(sys.executable).parent / "pipeline"), *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd or ROOT)
+
+
+@pytest.fixture(scope="session")
+def gguf_path() -> Path:
+    from pipeline.teachers.llamacpp import embedded_model_path
+
+    return embedded_model_path()
+
+
+@pytest.fixture(scope="session")
+def published_seeds() -> Path:
+    if not PUBLISHED_SEEDS.is_file():
+        pytest.skip(f"{PUBLISHED_SEEDS} is not present beside this checkout")
+    return PUBLISHED_SEEDS
+
+
+@pytest.fixture(scope="session")
+def llama_server(gguf_path, tmp_path_factory):
+    """llama-cpp-python's OpenAI-compatible server serving the embedded GGUF on 127.0.0.1."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--model_alias",
+             "SmolLM2-135M-Instruct", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
+            stdout=fh, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while True:
+        try:
+            urllib.request.urlopen(f"{base_url}/models", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                raise RuntimeError(f"llama.cpp server did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+    yield base_url
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

@@ -1,0 +1,69 @@
+import pytest
+
+from pipeline.config import RunConfig, load_config
+from pipeline.errors import InputError
+from tests.conftest import ROOT, run_cli
+
+
+def test_defaults_are_the_embedded_demo():
+    cfg = load_config(None)
+    assert cfg.teacher.backend == "llamacpp" and cfg.teacher.model == ""
+    assert cfg.stages == ["bootstrap", "export"]
+    assert cfg.resolve_path(cfg.seed_files[0]).is_file()
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.toml")))
+def test_shipped_configs_validate(name):
+    assert isinstance(load_config(ROOT / "configs" / name), RunConfig)
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('seed_files = []\n\n[teacher]\nbackend = "openai"\nconcurency = 4\n')
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert str(e.value) == f"{p}:5: teacher.concurency: unknown key"
+
+
+def test_wrong_type_names_key(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[bootstrap]\ntarget_instructions = "many"\n')
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert f"{p}:2: bootstrap.target_instructions: Input should be a valid integer" in str(e.value)
+
+
+def test_invalid_toml_has_line(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[teacher]\nbackend = \n')
+    with pytest.raises(InputError) as e:
+        load_config(p)
+    assert e.value.line == 2
+
+
+def test_overrides_win_over_file(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[bootstrap]\ntarget_instructions = 10\n[bootstrap.generation]\ntemperature = 0.2\n')
+    cfg = load_config(p, overrides={"bootstrap.target_instructions": 3},
+                      sets=["bootstrap.generation.temperature=0.9", "teacher.model=x.gguf"])
+    assert cfg.bootstrap.target_instructions == 3
+    assert cfg.bootstrap.generation.temperature == 0.9
+    assert cfg.teacher.model == "x.gguf"
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[filter]\nrouge_threshold = "high"\n')
+    out = tmp_path / "run"
+    r = run_cli("run", "--config", str(p), "--out", str(out))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{p}:2: filter.rouge_threshold" in lines[0]
+    assert "Traceback" not in r.stderr + r.stdout
+    assert not out.exists()
+
+
+def test_help_on_every_command():
+    for cmd in ([], ["run"], ["bootstrap"], ["check-teacher"]):
+        r = run_cli(*cmd, "--help")
+        assert r.returncode == 0 and "Usage" in r.stdout
