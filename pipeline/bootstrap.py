@@ -61,13 +61,13 @@ class StepResult:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def _prompt(state: BootstrapState, cfg: BootstrapConfig, rng: random.Random) -> tuple[ChatRequest, list[str]]:
+def _prompt(state: BootstrapState, cfg: BootstrapConfig, rng: random.Random) -> ChatRequest:
     n_machine = min(cfg.num_machine_in_prompt, len(state.machine_instructions))
     n_seed = min(cfg.num_prompt_instructions - n_machine, len(state.seed_instructions))
     shown = rng.sample(state.machine_instructions, n_machine) + rng.sample(state.seed_instructions, n_seed)
     rng.shuffle(shown)
     text = render("bootstrap_instructions", tasks=shown, count=cfg.new_per_request)
-    return ChatRequest(messages=[{"role": "user", "content": text}], decoding=cfg.generation), shown
+    return ChatRequest(messages=[{"role": "user", "content": text}], decoding=cfg.generation)
 
 
 def _reject(stage_result: StepResult, state: BootstrapState, rec: Record, reason: str, **details) -> None:
@@ -80,13 +80,13 @@ def step(state: BootstrapState, teacher: Teacher, cfg: BootstrapConfig, fcfg: Fi
     result = StepResult()
     filters = InstructionFilters(fcfg)
     n_requests = min(cfg.request_batch_size, cfg.max_generation_requests - state.requests)
-    prompts = [_prompt(state, cfg, rng) for _ in range(n_requests)]
-    completions = teacher.generate([request for request, _ in prompts])
-    state.requests += len(prompts)
+    requests = [_prompt(state, cfg, rng) for _ in range(n_requests)]
+    completions = teacher.generate(requests)
+    state.requests += len(requests)
 
     # 1-3: parse and filter instructions, growing the pool as we go.
     accepted: list[Record] = []
-    for (_, shown), completion in zip(prompts, completions):
+    for request, completion in zip(requests, completions):
         state.stats["responses"] += 1
         response_id = f"bs-response-{state.stats['responses']:06d}"
         if not completion.text.strip():
@@ -103,13 +103,13 @@ def step(state: BootstrapState, teacher: Teacher, cfg: BootstrapConfig, fcfg: Fi
                                           meta={"response": completion.text[:2000]}), "unparseable_response")
             continue
         state.stats["parsed_instructions"] += len(items)
-        echoed = {s.lower() for s in shown}
+        prompt_text = " ".join(request.messages[-1]["content"].lower().split())
         for text in items:
             task_id = f"bs-{state.next_task:06d}"
             state.next_task += 1
             rec = Record(id=task_id, task_id=task_id, instruction=text, source=STAGE,
                          teacher_model=teacher.model_name)
-            if text.lower() in echoed:  # the teacher copied an in-context example back
+            if " ".join(text.lower().split()) in prompt_text:  # copied back from the prompt (an example, the ask)
                 _reject(result, state, rec, "echoed_prompt")
                 continue
             verdict = filters.check(text)

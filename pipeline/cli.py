@@ -2,6 +2,7 @@
 fails after its retries exits 1; an interrupted run exits 130. Nothing prints a traceback to the user."""
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,10 @@ from .runio import default_run_id
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make instruction-tuning data: Self-Instruct bootstrap, filtering, export.")
 console = Console(stderr=True)
+# Exit codes: 0 complete; 1 teacher failed after retries (resumable); 2 bad input (nothing written);
+# 3 budget reached (stopped cleanly, resumable); 4 run directory in use by a live process; 130 interrupted.
+EXIT_BUDGET, EXIT_LOCKED = 3, 4
+ForceOpt = typer.Option(False, "--force", help="Resume even though the config differs from the run's.")
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Run config (TOML). Default: the embedded demo.")
 SetOpt = typer.Option(None, "--set", help="Override any config key: --set bootstrap.target_instructions=100.")
@@ -78,31 +83,44 @@ def _print_summary(manifest: dict, run_dir: Path) -> None:
                   f"wall {manifest['wall_s']:.1f} s; output in {run_dir}")
 
 
-def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_url, target) -> None:
-    from .run import run_stages
+def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_url, target, force=False) -> None:
+    from .run import RunLocked, run_stages
+    from .teachers.cache import BudgetExhausted
 
+    run_dir = None
     try:
         cfg = _load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
                                      "teacher.base_url": base_url, "bootstrap.target_instructions": target})
         run_dir = Path(out) if out else cfg.resolve_path(cfg.output_dir) / (cfg.run_id or default_run_id())
         bars = _Bars()
         with bars.progress:
-            manifest = run_stages(cfg, run_dir, str(config) if config else None, stages=stages, progress=bars)
+            manifest = run_stages(cfg, run_dir, str(config) if config else None, stages=stages, progress=bars,
+                                  force=force)
     except (InputError, TeacherError) as e:
+        if isinstance(e, TeacherError) and run_dir is not None:
+            console.print(f"the run stopped; what it accepted is intact: resume with --out {run_dir}")
         _fail(e)
+    except BudgetExhausted as e:
+        console.print(f"[yellow]budget:[/] {e}; stopped cleanly. Raise the budget and resume with --out {run_dir}")
+        raise typer.Exit(EXIT_BUDGET)
+    except RunLocked as e:
+        console.print(f"[bold red]locked:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_LOCKED)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: records written so far are intact")
+        console.print(f"[yellow]interrupted[/]: records written so far are intact; resume with --out {run_dir}")
         raise typer.Exit(130)
     _print_summary(manifest, run_dir)
 
 
 @app.command()
 def run(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt,
-        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default outputs/<UTC timestamp>)."),
+        out: Optional[Path] = typer.Option(None, "--out", help="Run directory (default outputs/<UTC timestamp>). "
+                                           "An existing run there is resumed."),
         teacher: Optional[str] = BackendOpt, model: Optional[str] = ModelOpt, base_url: Optional[str] = BaseUrlOpt,
-        target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept (bootstrap).")) -> None:
-    """Run every configured stage: bootstrap, then export the dataset."""
-    _run(None, config, sets, out, teacher, model, base_url, target)
+        target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept (bootstrap)."),
+        force: bool = ForceOpt) -> None:
+    """Run every configured stage (bootstrap, then export), or resume the run in --out where it stopped."""
+    _run(None, config, sets, out, teacher, model, base_url, target, force)
 
 
 @app.command("bootstrap")
@@ -110,9 +128,10 @@ def bootstrap_cmd(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] 
                   out: Optional[Path] = typer.Option(None, "--out", help="Run directory."),
                   teacher: Optional[str] = BackendOpt, model: Optional[str] = ModelOpt,
                   base_url: Optional[str] = BaseUrlOpt,
-                  target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept.")) -> None:
+                  target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept."),
+                  force: bool = ForceOpt) -> None:
     """Run the Self-Instruct bootstrap stage alone (writes <out>/bootstrap/kept.jsonl and rejected.jsonl)."""
-    _run(["bootstrap"], config, sets, out, teacher, model, base_url, target)
+    _run(["bootstrap"], config, sets, out, teacher, model, base_url, target, force)
 
 
 @app.command("check-teacher")
@@ -143,5 +162,22 @@ def check_teacher(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] 
         raise typer.Exit(1)
 
 
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM (cron, systemd, timeout) stops a run as cleanly as Ctrl-C
+
+
+@app.callback()
+def _setup() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+from .tune_cmd import eval_command, tune_command  # noqa: E402
+app.command("tune")(tune_command)
+app.command("eval")(eval_command)
+from .filter_cmd import filter_command  # noqa: E402
+app.command("filter")(filter_command)
+from .evolve_cmd import evolve_command  # noqa: E402
+app.command("evolve")(evolve_command)

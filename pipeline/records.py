@@ -21,6 +21,12 @@ class Record:
     rouge_l: float | None = None
     teacher_model: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Lineage of an evolved record (Evol-Instruct): the record it was rewritten from, the input task at the root of
+    # its chain, the round that made it and the operation used. None for records of other stages.
+    parent_id: str | None = None
+    root_id: str | None = None
+    round: int | None = None
+    operation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

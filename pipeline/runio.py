@@ -5,6 +5,7 @@ whole. The manifest is replaced atomically (write a temporary file, then rename)
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -23,23 +24,45 @@ def default_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
+def drop_torn_tail(path: Path) -> int:
+    """Cut a last line that was only partly written (no newline) when a process died. Returns the complete lines."""
+    if not path.exists():
+        return 0
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            fh.truncate(end)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return data[:end].count(b"\n")
+
+
 class JsonlWriter:
-    """Appends JSON lines; ``write_many`` makes a batch durable before it returns."""
+    """Appends JSON lines; ``write_many`` makes a batch durable before it returns.
+
+    Resumable: a torn last line is dropped on open, and the first ``skip`` rows written are the ones the file
+    already holds (a resumed stage replays from its start and produces them again), so they are not written twice.
+    """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.skip = drop_torn_tail(path)
         self._fh = open(path, "a", encoding="utf-8")
-        self.count = 0
+        self.count = 0  # rows of this stage, including those already on disk
 
     def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
-        lines = [json.dumps(r, ensure_ascii=False) + "\n" for r in rows]
+        lines = []
+        for r in rows:
+            self.count += 1
+            if self.count > self.skip:
+                lines.append(json.dumps(r, ensure_ascii=False) + "\n")
         if not lines:
             return
         self._fh.write("".join(lines))
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self.count += len(lines)
 
     def close(self) -> None:
         self._fh.close()
@@ -49,6 +72,41 @@ class JsonlWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held by a live process. The OS drops it when the process dies, so a
+    stale lock file from a killed run never blocks."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / ".lock"
+        self._fh = None
+
+    def acquire(self) -> bool:
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "?"
+        except OSError:
+            return "?"
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -69,6 +127,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 

@@ -8,7 +8,7 @@ from tests.conftest import ROOT, run_cli
 def test_defaults_are_the_embedded_demo():
     cfg = load_config(None)
     assert cfg.teacher.backend == "llamacpp" and cfg.teacher.model == ""
-    assert cfg.stages == ["bootstrap", "export"]
+    assert cfg.stages == ["bootstrap", "filter", "export"]
     assert cfg.resolve_path(cfg.seed_files[0]).is_file()
 
 

@@ -37,10 +37,16 @@ def check_run_dir(run: Path, min_tasks: int) -> dict:
     # The exported dataset reads as is with Hugging Face datasets.
     from datasets import load_dataset
 
+    # The final filter chain re-checks everything generated; the dataset is what it kept.
+    final = _lines(run / "filter" / "kept.jsonl")
+    filtered = manifest["stages"]["filter"]
+    assert filtered["input"] == len(kept) and filtered["kept"] == len(final) <= len(kept)
+    assert filtered["kept"] + filtered["rejected"] == len(kept)
+    assert {r["id"] for r in final} <= {r["id"] for r in kept}
     alpaca = load_dataset("json", data_files=str(run / "dataset" / "train.jsonl"), split="train")
-    assert alpaca.column_names == ["instruction", "input", "output"] and len(alpaca) == len(kept)
+    assert alpaca.column_names == ["instruction", "input", "output"] and len(alpaca) == len(final)
     chat = load_dataset("json", data_files=str(run / "dataset" / "messages.jsonl"), split="train")
-    assert len(chat) == len(kept)
+    assert len(chat) == len(final)
     assert [m["role"] for m in chat[0]["messages"]] == ["user", "assistant"]
     return manifest
 
@@ -52,12 +58,15 @@ def test_embedded_run_writes_a_complete_run_dir(tmp_path):
     manifest = check_run_dir(run, min_tasks=3)
     assert manifest["config"]["teacher"]["backend"] == "llamacpp"
     assert manifest["versions"]["llama-cpp-python"]
-    assert manifest["stages"]["export"]["kept"] == manifest["stages"]["bootstrap"]["kept"]
-    # A second run into the same directory is refused and leaves the first intact.
-    before = (run / "bootstrap" / "kept.jsonl").read_bytes()
-    again = run_cli("run", "--out", str(run), "--target", "1")
-    assert again.returncode == 2 and "already holds a run" in again.stderr
-    assert (run / "bootstrap" / "kept.jsonl").read_bytes() == before
+    assert manifest["stages"]["export"]["kept"] == manifest["stages"]["filter"]["kept"]
+    # Running again on a finished run resumes it: nothing to do, nothing sent, nothing changed.
+    before = {p: p.read_bytes() for p in run.rglob("*.jsonl")}
+    again = run_cli("run", "--out", str(run), "--target", "3", "--set", "bootstrap.request_batch_size=2")
+    assert again.returncode == 0, again.stderr
+    assert {p: p.read_bytes() for p in run.rglob("*.jsonl")} == before
+    # A different config is refused unless forced.
+    other = run_cli("run", "--out", str(run), "--target", "4")
+    assert other.returncode == 2 and "config differs" in other.stderr
 
 
 def test_openai_backend_run_from_published_seeds(llama_server, published_seeds, tmp_path):

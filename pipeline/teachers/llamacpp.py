@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
-from .base import ChatRequest, Completion, Usage
+from .base import ChatRequest, Completion, OnResult, Usage
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -27,6 +27,8 @@ def embedded_model_path() -> Path:
 
 
 class LlamaCppTeacher:
+    backend = "llamacpp"
+
     def __init__(self, cfg: TeacherConfig):
         try:
             from llama_cpp import Llama
@@ -45,9 +47,9 @@ class LlamaCppTeacher:
             verbose=False,
         )
 
-    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
         out = []
-        for req in requests:
+        for i, req in enumerate(requests):
             d = req.decoding
             try:
                 resp = self._llm.create_chat_completion(
@@ -58,7 +60,7 @@ class LlamaCppTeacher:
                     presence_penalty=d.presence_penalty,
                     frequency_penalty=d.frequency_penalty,
                     stop=d.stop or None,
-                    seed=d.seed,
+                    seed=req.sampling_seed(),
                 )
             except ValueError as e:  # e.g. the prompt does not fit the context window
                 raise TeacherError(f"llama.cpp rejected a request: {e}") from None
@@ -72,6 +74,8 @@ class LlamaCppTeacher:
             )
             self.usage.add(c)
             out.append(c)
+            if on_result:
+                on_result(i, c)
         return out
 
     def close(self) -> None:

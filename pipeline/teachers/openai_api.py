@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
-from .base import ChatRequest, Completion, Usage
+from .base import ChatRequest, Completion, OnResult, Usage
 
 MAX_RETRY_AFTER_S = 120.0
 
@@ -67,6 +67,8 @@ class _WaitHonouringRetryAfter:
 
 
 class OpenAITeacher:
+    backend = "openai"
+
     def __init__(self, cfg: TeacherConfig):
         if not cfg.model:
             raise InputError("config", "the openai backend needs a model name", field="teacher.model")
@@ -84,15 +86,15 @@ class OpenAITeacher:
         self._client_kwargs = dict(base_url=cfg.base_url or None, api_key=api_key, max_retries=0,
                                    timeout=cfg.timeout_s)
 
-    async def _one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, req: ChatRequest) -> Completion:
+    async def _one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, req: ChatRequest, index: int,
+                   on_result: OnResult | None) -> Completion:
         d = req.decoding
         kwargs = dict(model=self.cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
                       max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
                       frequency_penalty=d.frequency_penalty)
         if d.stop:
             kwargs["stop"] = d.stop
-        if d.seed is not None:
-            kwargs["seed"] = d.seed
+        kwargs["seed"] = req.sampling_seed()
 
         def count_retry(state: RetryCallState) -> None:
             kind = _kind(state.outcome.exception())
@@ -129,15 +131,22 @@ class OpenAITeacher:
             completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
         )
         self.usage.add(c)
+        if on_result:
+            on_result(index, c)
         return c
 
-    async def _batch(self, requests: list[ChatRequest]) -> list[Completion]:
+    async def _batch(self, requests: list[ChatRequest], on_result: OnResult | None) -> list[Completion]:
         sem = asyncio.Semaphore(self.cfg.concurrency)
         async with openai.AsyncOpenAI(**self._client_kwargs) as client:
-            return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
+            tasks = [asyncio.ensure_future(self._one(client, sem, r, i, on_result)) for i, r in enumerate(requests)]
+            try:
+                return list(await asyncio.gather(*tasks))
+            finally:
+                for t in tasks:  # one request failed for good: do not leave the others running
+                    t.cancel()
 
-    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
-        return asyncio.run(self._batch(requests))
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
+        return asyncio.run(self._batch(requests, on_result))
 
     def close(self) -> None:
         pass

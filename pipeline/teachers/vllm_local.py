@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
-from .base import ChatRequest, Completion, Usage
+from .base import ChatRequest, Completion, OnResult, Usage
 
 
 class VLLMTeacher:
+    backend = "vllm"
+
     def __init__(self, cfg: TeacherConfig):
         if not cfg.model:
             raise InputError("config", "the vllm backend needs a model (HF id or local dir)", field="teacher.model")
@@ -25,7 +27,7 @@ class VLLMTeacher:
         self.usage = Usage()
         self._llm = LLM(model=cfg.model, seed=cfg.seed, **cfg.vllm_engine_args)
 
-    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
         from vllm import SamplingParams
 
         # vLLM batches everything it is given; requests with identical decoding share one call.
@@ -33,17 +35,19 @@ class VLLMTeacher:
             SamplingParams(temperature=r.decoding.temperature, top_p=r.decoding.top_p or 1.0,
                            max_tokens=r.decoding.max_tokens, presence_penalty=r.decoding.presence_penalty,
                            frequency_penalty=r.decoding.frequency_penalty, stop=r.decoding.stop or None,
-                           seed=r.decoding.seed)
+                           seed=r.sampling_seed())
             for r in requests
         ]
         outputs = self._llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
         result = []
-        for out in outputs:
+        for i, out in enumerate(outputs):
             gen = out.outputs[0]
             c = Completion(text=gen.text, finish_reason=gen.finish_reason or "stop",
                            prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(gen.token_ids))
             self.usage.add(c)
             result.append(c)
+            if on_result:
+                on_result(i, c)
         return result
 
     def close(self) -> None:

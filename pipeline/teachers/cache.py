@@ -1,0 +1,129 @@
+"""A request cache and spending budget in front of any teacher.
+
+Every completed request is stored in SQLite (``<run>/cache.sqlite``) the moment it completes, keyed by a hash of
+backend, model, messages (the rendered template), decoding parameters and sample key. A resumed run therefore never
+sends a request that already succeeded: its stages replay from the start and the cache answers. Because the cache
+holds every paid completion of the run, it is also where the budget is counted.
+"""
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import ChatRequest, Completion, OnResult, Teacher, Usage
+
+
+class BudgetExhausted(Exception):
+    """The run reached a configured budget; it stops cleanly and can be resumed with a larger one."""
+
+
+@dataclass
+class Spent:
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class RequestCache:
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: each insert is durable on its own
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
+                         "finish_reason TEXT NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER)")
+
+    def get(self, key: str) -> Completion | None:
+        row = self._db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM completions "
+                               "WHERE key = ?", (key,)).fetchone()
+        return None if row is None else Completion(*row)
+
+    def put(self, key: str, c: Completion) -> None:
+        self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                         (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
+
+    def spent(self) -> Spent:
+        n, p, c = self._db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+                                   "COALESCE(SUM(completion_tokens), 0) FROM completions").fetchone()
+        return Spent(n, p, c)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class Budget:
+    max_requests: int | None = None
+    max_tokens: int | None = None
+    max_cost_usd: float | None = None
+    # USD per million tokens (input, output); None = this model has no known price.
+    price: tuple[float, float] | None = None
+
+    def cost(self, spent: Spent) -> float | None:
+        if self.price is None:
+            return None
+        return (spent.prompt_tokens * self.price[0] + spent.completion_tokens * self.price[1]) / 1e6
+
+    def exceeded(self, spent: Spent) -> str | None:
+        if self.max_requests is not None and spent.requests >= self.max_requests:
+            return f"request budget reached ({spent.requests} >= {self.max_requests})"
+        tokens = spent.prompt_tokens + spent.completion_tokens
+        if self.max_tokens is not None and tokens >= self.max_tokens:
+            return f"token budget reached ({tokens} >= {self.max_tokens})"
+        cost = self.cost(spent)
+        if self.max_cost_usd is not None and cost is not None and cost >= self.max_cost_usd:
+            return f"cost budget reached (${cost:.4f} >= ${self.max_cost_usd})"
+        return None
+
+
+class CachedTeacher:
+    """Wraps a teacher: answers from the cache where it can, sends only the rest, stores each answer at once.
+    Before sending anything it checks the budget against everything this run has paid for so far."""
+
+    def __init__(self, inner: Teacher, cache: RequestCache, budget: Budget | None = None):
+        self.inner, self.cache, self.budget = inner, cache, budget or Budget()
+        self.backend = inner.backend
+        self.model_name = inner.model_name
+        self.usage = Usage()
+
+    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
+        keys = [r.key(self.backend, self.model_name) for r in requests]
+        results: list[Completion | None] = [self.cache.get(k) for k in keys]
+        for i, c in enumerate(results):
+            if c is not None:
+                self.usage.cache_hits += 1
+                if on_result:
+                    on_result(i, c)
+        missing = [i for i, c in enumerate(results) if c is None]
+        if missing:
+            reason = self.budget.exceeded(self.cache.spent())
+            if reason:
+                raise BudgetExhausted(reason)
+
+            def store(j: int, c: Completion) -> None:
+                i = missing[j]
+                self.cache.put(keys[i], c)
+                results[i] = c
+                if on_result:
+                    on_result(i, c)
+
+            before = self.inner.usage.retries
+            self.inner.generate([requests[i] for i in missing], on_result=store)
+            for i in missing:
+                self.usage.add(results[i])
+            self.usage.retries += self.inner.usage.retries - before
+            self.usage.retries_by_kind = dict(self.inner.usage.retries_by_kind)
+        return results  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.inner.close()
+        self.cache.close()
+
+
+def describe_spent(spent: Spent, budget: Budget) -> dict:
+    cost = budget.cost(spent)
+    return {"requests": spent.requests, "prompt_tokens": spent.prompt_tokens,
+            "completion_tokens": spent.completion_tokens,
+            "cost_usd": round(cost, 6) if cost is not None else "unknown (no price for this model)"}
+
