@@ -1,4 +1,6 @@
-"""A nightly run survives kills, flaky teachers, budgets and locks, and never leaks its API key."""
+"""A nightly run survives kills, flaky teachers, budgets and locks, and never leaks its API key.
+
+The tests that run the embedded model for minutes are marked slow: `make test-slow` runs them."""
 from __future__ import annotations
 
 import json
@@ -45,6 +47,7 @@ def test_writer_drops_torn_line_and_skips_rows_already_written(tmp_path):
     assert [json.loads(line)["id"] for line in p.read_text().splitlines()] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_same_dataset(tmp_path):
     """SIGKILL a real run at random points, several times; resume each time; compare with an uninterrupted run."""
     args = ["run", "--target", "2", *SMALL]
@@ -83,6 +86,7 @@ def test_killed_runs_resume_to_the_same_dataset(tmp_path):
     assert len({k["id"] for k in kept}) == len(kept)
 
 
+@pytest.mark.slow
 def test_lock_refuses_a_second_run_and_a_dead_ones_lock_does_not_block(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([PIPELINE, "run", "--target", "2", *SMALL, "--out", str(run)],
@@ -101,6 +105,7 @@ def test_lock_refuses_a_second_run_and_a_dead_ones_lock_does_not_block(tmp_path)
     assert third.returncode == 0, third.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_run_survives_thirty_percent_faults(llama_server, tmp_path):
     run = tmp_path / "run"
     with FaultProxy(llama_server, rate=0.3, seed=3, hang_s=31.0) as proxy:
@@ -117,6 +122,7 @@ def test_run_survives_thirty_percent_faults(llama_server, tmp_path):
                                              "malformed_response"}
 
 
+@pytest.mark.slow
 def test_teacher_down_for_good_exits_1_and_stays_resumable(llama_server, tmp_path):
     run = tmp_path / "run"
     dead = f"http://127.0.0.1:{free_port()}/v1"
@@ -132,6 +138,7 @@ def test_teacher_down_for_good_exits_1_and_stays_resumable(llama_server, tmp_pat
     assert _manifest(run)["status"] == "complete"
 
 
+@pytest.mark.slow
 def test_budget_stops_cleanly_and_a_larger_one_resumes(tmp_path):
     run = tmp_path / "run"
     r = run_cli("run", "--target", "2", *SMALL, "--out", str(run), "--set", "budget.max_requests=2")
@@ -148,6 +155,7 @@ def test_budget_stops_cleanly_and_a_larger_one_resumes(tmp_path):
     assert m["spent"]["cost_usd"] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_api_key_never_written(gguf_path, tmp_path):
     key = "sk-test-" + "9f2c4e7a1b3d5f6e8a0c2e4f6a8b0d1c"
     port = free_port()
@@ -185,6 +193,7 @@ def test_api_key_never_written(gguf_path, tmp_path):
             assert key.encode() not in data and key[::-1].encode() not in data, path
 
 
+@pytest.mark.slow
 def test_sigterm_stops_cleanly(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([PIPELINE, "run", "--target", "50", *SMALL, "--out", str(run)],
