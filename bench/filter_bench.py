@@ -8,7 +8,8 @@ What it does, in one run:
      near-duplicate edits (word substitutions, insertions, deletions, swaps, case and punctuation changes).
   2. Grows a pool incrementally to 2,000 instructions twice: (a) the reference as Alpaca does it (rouge-score's
      ``_score_lcs`` on pre-tokenized token lists, one process, against the growing pool) and (b) ours
-     (``NoveltyIndex``, tokenization included in its time); checks that every decision, every duplicate's score
+     (``NoveltyIndex``, tokenization included in its time; generating the synthetic stream is never timed);
+     checks that every decision, every duplicate's score
      and nearest id are identical, and prints the speed ratio.
   3. Times our incremental path alone growing the pool to 50,000 (exact prefix index, no MinHash).
   4. MinHash recall: 50,000 candidates through the exact filter and through MinHash LSH candidates only;
@@ -235,18 +236,20 @@ def grow(pool_target: int | None, seed: int, n_candidates: int | None = None, pr
     index = NoveltyIndex(0.7, **options)
     stream = candidate_stream(seed)
     decisions: list[bool] = []
-    t0, c0 = time.perf_counter(), time.process_time()
+    elapsed = cpu = 0.0  # the filter's time only: generating the synthetic stream is not counted
     n = 0
+    clock, cpu_clock = time.perf_counter, time.process_time
     while (pool_target is None or len(index) < pool_target) and (n_candidates is None or n < n_candidates):
         cid, text = next(stream)
+        t0, c0 = clock(), cpu_clock()
         dup, _ = index.check_and_add(cid, text)
+        elapsed += clock() - t0
+        cpu += cpu_clock() - c0
         decisions.append(dup)
         n += 1
         if progress_every and n % progress_every == 0:
-            el, cpu = time.perf_counter() - t0, time.process_time() - c0
-            print(f"    ... {n:>9,} candidates, pool {len(index):>9,}, {el:7.1f} s wall, {cpu:7.1f} s CPU, "
+            print(f"    ... {n:>9,} candidates, pool {len(index):>9,}, {elapsed:7.1f} s wall, {cpu:7.1f} s CPU, "
                   f"peak RSS {rss_mb():,.0f} MB", flush=True)
-    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {"pool": len(index), "candidates": n, "duplicates": sum(decisions), "seconds": elapsed, "cpu_s": cpu,
             "decisions": decisions, "stats": index.stats.as_dict(),
             "lsh_index_mb": (index._lsh.nbytes() / 2**20) if hasattr(index._lsh, "nbytes") else None}
@@ -262,16 +265,19 @@ def part_recall(n: int, seed: int, **mh_options) -> dict:
             "exact_s": exact["seconds"], "minhash_s": mh["seconds"]}
 
 
-def part_1m_child(pool_target: int, seed: int) -> None:
-    """Runs in the child process: grow the pool with the default config's MinHash switch, print JSON."""
+def part_1m_child(pool_target: int, seed: int, minhash_above: int | None) -> None:
+    """Runs in the child process: grow the pool with the default config's MinHash settings, print JSON."""
     from pipeline.config import FilterConfig
 
     cfg = FilterConfig()
-    r = grow(pool_target, seed, progress_every=100_000, minhash_above=cfg.minhash_above,
+    if minhash_above is None:
+        minhash_above = cfg.minhash_above
+    r = grow(pool_target, seed, progress_every=100_000 if pool_target > 200_000 else 10_000,
+             minhash_above=minhash_above,
              num_perm=cfg.minhash_num_perm, minhash_threshold=cfg.minhash_threshold,
              minhash_backend=cfg.minhash_backend)
     r.pop("decisions")
-    r["minhash_above"] = cfg.minhash_above
+    r["minhash_above"] = minhash_above
     r["peak_rss_mb_self"] = rss_mb()
     print("RESULT " + json.dumps(r), flush=True)
 
@@ -283,9 +289,11 @@ def main() -> None:
     ap.add_argument("--only", choices=["reference", "50k", "recall", "1m"], help="run one part")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--child-1m", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--minhash-above", type=int, help="pool size where the MinHash part switches from the exact "
+                    "index (default: the config default; --quick: 3000)")
     args = ap.parse_args()
     if args.child_1m:
-        part_1m_child(args.child_1m, args.seed)
+        part_1m_child(args.child_1m, args.seed, args.minhash_above)
         return
     q = args.quick
     sizes = {"reference": 500 if q else 2000, "50k": 5000 if q else 50_000, "recall": 5000 if q else 50_000,
@@ -339,8 +347,11 @@ def main() -> None:
         print(f"\n[4] ours alone, incremental with MinHash candidates, pool grown to {n:,} "
               f"(child process under nice)", flush=True)
         t0 = time.perf_counter()
-        proc = subprocess.Popen(["nice", "-n", "10", sys.executable, __file__, "--child-1m", str(n),
-                                 "--seed", str(args.seed)], stdout=subprocess.PIPE, text=True)
+        switch = args.minhash_above if args.minhash_above is not None else (3000 if q else None)
+        cmd = ["nice", "-n", "10", sys.executable, __file__, "--child-1m", str(n), "--seed", str(args.seed)]
+        if switch is not None:
+            cmd += ["--minhash-above", str(switch)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         res = []
         for line in proc.stdout:  # relay the child's progress lines as they come
             if line.startswith("RESULT "):
@@ -362,7 +373,7 @@ def main() -> None:
             print(f"    TIME to pool {r['pool']:,}: {r['seconds']:.1f} s wall ({r['seconds'] / 60:.1f} min), "
                   f"{r['cpu_s']:.1f} s CPU; child process wall {wall:.1f} s")
             print(f"    PEAK RSS (child, getrusage): {peak:,.0f} MB", flush=True)
-    print("\nsummary:")
+    print("\nsummary:" + (" (quick sizes; the targets are for the full run)" if q else ""))
     if "reference" in results:
         r = results["reference"]
         print(f"  identical decisions at {r['pool']:,}: {r['identical']}; speed ratio {r['ratio']:.0f}x wall, "

@@ -197,6 +197,18 @@ def test_compact_band_index_matches_a_plain_dict():
     assert len(idx._runs) <= 10
 
 
+def test_count_sketch_bounds_the_overlap():
+    rng = random.Random(1)
+    for _ in range(2000):
+        a = rng.sample(range(500), rng.randint(0, 60))
+        b = rng.sample(range(500), rng.randint(0, 60)) + a[: rng.randint(0, len(a))]
+        b = list(dict.fromkeys(b))
+        bound = int(np.minimum(NoveltyIndex._sketch_of(a), NoveltyIndex._sketch_of(b)).sum())
+        assert bound >= len(set(a) & set(b))
+    long = list(range(300))  # 255+ elements: all bins saturated, still a bound
+    assert int(np.minimum(NoveltyIndex._sketch_of(long), NoveltyIndex._sketch_of(long)).sum()) >= 300
+
+
 # --- heuristics and the chain ------------------------------------------------------------------------------------
 def rec(rid, instruction="Write a short poem about the sea at night.", inp="", out="Waves fold the moonlight.",
         task=None):
@@ -206,7 +218,8 @@ def rec(rid, instruction="Write a short poem about the sea at night.", inp="", o
 def test_every_rejection_reason_with_a_real_example():
     cfg = FilterConfig(max_instances_per_task=2)
     rows = [
-        rec("keep", "Summarize the story of a classic fairy tale in two sentences.", out="A girl visits her grandmother."),
+        rec("keep", "Summarize the story of a classic fairy tale in two sentences.",
+            out="A girl visits her grandmother."),
         rec("empty", "   ", out="x"),
         rec("short", "Write poem.", out="Roses."),
         rec("long", "Describe " + "very " * 160 + "carefully.", out="Ok."),

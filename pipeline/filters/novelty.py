@@ -21,8 +21,10 @@ How it is fast without changing a decision
   (bound 2: ``O >= need(a, b)``), and only then does the LCS run, in compiled code (rapidfuzz ``LCSseq`` over
   one code point per distinct token). Which elements are skipped does not matter for correctness, so the order
   can follow the current posting sizes. On the benchmark stream fewer than one LCS per candidate is computed.
-* MinHash LSH (pools above ``minhash_above``): candidates from ``minhash.py`` (then the exact length bound and the
-  exact LCS); recall below 100%, measured by ``bench/filter_bench.py``.
+* MinHash LSH (pools above ``minhash_above``): candidates from ``minhash.py``, thinned by the exact length bound,
+  a 64-bin count sketch (sum of bin-wise minima >= overlap) and the exact overlap, then the exact LCS. Recall is
+  below 100% (a pair LSH does not propose is never scored), measured by ``bench/filter_bench.py``; no
+  non-duplicate is ever rejected.
 
 What ``nearest`` reports
 ------------------------
@@ -117,8 +119,9 @@ class NoveltyIndex:
 
     ``NoveltyIndex(threshold, use_stemmer, unicode)`` keeps the original API; the keyword-only options are:
     ``exact_nearest`` (score the whole pool), ``alpaca_similarity`` (top-10 and mean, implies exact_nearest),
-    ``minhash_above`` (pool size above which LSH proposes the candidates; None = never), ``num_perm``,
-    ``minhash_threshold``, ``minhash_backend`` ("compact" or "datasketch"), ``minhash_seed``.
+    ``minhash_above`` (pool size above which LSH proposes the candidates; None = never, the default here;
+    ``FilterConfig`` sets 100,000), ``num_perm`` (256), ``minhash_threshold`` (0.45), ``minhash_backend``
+    ("compact" or "datasketch"), ``minhash_seed``.
     """
 
     def __init__(self, threshold: float = 0.7, use_stemmer: bool = False, unicode: bool = False, *,
@@ -233,7 +236,7 @@ class NoveltyIndex:
 
     def _sk_append(self, i: int, e: _Encoded) -> None:
         if i >= len(self._sk):
-            grown = np.zeros((max(1024, 2 * len(self._sk)), _SK_BINS), dtype=np.uint8)
+            grown = np.zeros((max(1024, 2 * len(self._sk), 2 * i), _SK_BINS), dtype=np.uint8)
             grown[: len(self._sk)] = self._sk
             self._sk = grown
         self._sk[i] = e.sketch if e.sketch is not None else self._sketch_of(e.elements)
