@@ -5,8 +5,8 @@ The pool holds one lineage per input task; its head is the seed, then its last a
      head with ``prompts/evolve_<operation>.j2`` (one batched ``teacher.generate`` call);
   2. the reply is parsed (echoed headers, preambles, quotes and markdown stripped) and the cheap checks run:
      truncated, empty or unparseable reply, words leaked from the evolving prompt, no change against the parent,
-     copied from the template's examples, over the absolute length caps, grown by far more than the 10-20 words
-     an in-depth step asks for, drifted away from the parent;
+     copied from the template's examples, repeating itself (a loop), over the absolute length caps, grown by far
+     more than the 10-20 words an in-depth step asks for, drifted away from the parent;
   3. optionally the teacher judges Equal / Not Equal against the parent (``prompts/evolve_equal.j2``, one call);
   4. the teacher answers the survivors with the plain user prompt, as the tuned model will be prompted (one
      call), and the answer checks run: truncated, empty, "sorry" in a short answer, only punctuation and stop words.
@@ -217,6 +217,19 @@ def parent_recall(parent: str, child: str) -> float:
 
 
 COPY_NGRAM = 5
+REPEAT_NGRAM = 8  # a word 8-gram that occurs twice in one rewrite: the model looped
+
+
+def repeated_ngram(text: str, n: int = REPEAT_NGRAM) -> str | None:
+    """The first word n-gram that occurs more than once in ``text`` (a degenerate loop), or None."""
+    tokens = _TOKEN.findall(text.lower())
+    seen: set[tuple[str, ...]] = set()
+    for i in range(len(tokens) - n + 1):
+        gram = tuple(tokens[i:i + n])
+        if gram in seen:
+            return " ".join(gram)
+        seen.add(gram)
+    return None
 
 
 def example_ngrams(messages: list[dict[str, str]]) -> set[tuple[str, ...]]:
@@ -432,6 +445,10 @@ def evolve_round(state: EvolveState, teacher: Teacher, cfg: EvolveConfig, rng: r
         copied -= _ngrams(_TOKEN.findall(user_prompt(parent.instruction, parent.input).lower()), COPY_NGRAM)
         if copied:
             fail(c, "copied_example", ngram=" ".join(sorted(copied)[0]))
+            continue
+        loop = repeated_ngram(text)
+        if loop:
+            fail(c, "repetitive_rewrite", ngram=loop)
             continue
         prompt = user_prompt(text, c.record.input)
         if words(prompt) > cfg.max_instruction_words or len(prompt) > cfg.max_instruction_chars:

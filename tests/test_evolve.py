@@ -254,7 +254,8 @@ def test_item_is_retired_after_max_failures_and_never_tried_again():
 
 def test_length_cap_holds_and_growth_stops():
     # Every rewrite is valid and adds ~25 words: without caps the chain would grow without bound.
-    teacher = ScriptedTeacher(lambda i, op, rnd: i.rstrip(".") + " and also " + " ".join(["detail"] * 22) + ".")
+    teacher = ScriptedTeacher(lambda i, op, rnd: i.rstrip(".") + " and also "
+                              + " ".join(f"detail{rnd}x{k}" for k in range(22)) + ".")
     state = EvolveState.start(_seeds(3))
     cfg, rng = _cfg(max_instruction_words=60, max_instruction_chars=5000, max_failures_per_item=2), random.Random(2)
     kept, rejected = [], []
@@ -275,6 +276,12 @@ def test_length_cap_holds_and_growth_stops():
     assert set(ops.values()) == {"constraints", "complicate_input"}
     assert all(r.operation == "complicate_input" for r in res.kept)
     assert {(r.record.operation, r.reason) for r in res.rejected} == {("constraints", "grew_too_much")}
+    # A rewrite that loops on itself fails, whatever its length.
+    looped = "Solve the puzzle and explain your reasoning step by step. " * 2
+    looping = ScriptedTeacher(lambda i, op, rnd: i.rstrip(".") + ". " + looped)
+    res = evolve_round(EvolveState.start(_seeds(2)), looping, _cfg(max_growth_words=0), random.Random(2))
+    assert {r.reason for r in res.rejected} == {"repetitive_rewrite"} and not res.kept
+    assert evolve.repeated_ngram("Sort the table by price, then by name.\n| a | 1 |\n| b | 2 |") is None
     # The character cap holds as well.
     state = EvolveState.start(_seeds(3))
     res = evolve_round(state, teacher, _cfg(max_instruction_chars=80), random.Random(2))
@@ -440,9 +447,10 @@ def test_evolve_bad_input_exits_2_naming_the_file(tmp_path):
 @pytest.mark.slow
 def test_real_embedded_two_rounds_whole_output_clean(tmp_path):
     run = tmp_path / "evolve"
-    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "2", "--max-items", "8")
+    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "2", "--max-items", "6", *SMALL,
+                timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
-    kept, rejected, _ = check_evolve_run(run, items=8, rounds=2)
+    kept, rejected, _ = check_evolve_run(run, items=6, rounds=2)
     assert len({r["id"] for r in kept}) == len(kept)
     for rec in kept:
         if rec["round"] == 2 and rec["parent_id"] != rec["root_id"]:
