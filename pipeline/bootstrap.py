@@ -41,7 +41,9 @@ class BootstrapState:
 
     @classmethod
     def start(cls, seeds: list[Record], fcfg: FilterConfig) -> "BootstrapState":
-        index = NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens)
+        # Exact nearest for every candidate: the bootstrap pool is small, and kept records carry their nearest match.
+        index = NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens,
+                             exact_nearest=True)
         instructions: list[str] = []
         seen: set[str] = set()
         for rec in seeds:
