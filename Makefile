@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
 	$(BIN)/pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install --quiet -e '.[dev,tune]'
+	$(BIN)/pip install --quiet -e '.[dev,tune,report]'
 	touch $(STAMP)
 
 demo: $(STAMP)  ## the main job: a Self-Instruct run on the embedded teacher, into outputs/<UTC timestamp>/

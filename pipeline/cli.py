@@ -83,7 +83,23 @@ def _print_summary(manifest: dict, run_dir: Path) -> None:
                   f"wall {manifest['wall_s']:.1f} s; output in {run_dir}")
 
 
-def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_url, target, force=False) -> None:
+def _write_report(run_dir: Path) -> None:
+    """The HTML report and the dataset card at the end of a run; a failure here never fails the run."""
+    from .card import write_card
+    from .report import write_report
+
+    try:
+        path = write_report(run_dir)
+        if (run_dir / "dataset").is_dir():
+            write_card(run_dir)
+        console.print(f"report: {path}", highlight=False)
+    except Exception as e:  # noqa: BLE001 (the data is written; a report problem is only worth a warning)
+        console.print(f"[yellow]warning:[/] the report was not written ({type(e).__name__}: {e}); "
+                      f"try: pipeline report {run_dir}", highlight=False, soft_wrap=True)
+
+
+def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_url, target, force=False,
+         report: bool = True) -> None:
     from .run import RunLocked, run_stages
     from .teachers.cache import BudgetExhausted
 
@@ -102,6 +118,8 @@ def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_ur
         _fail(e)
     except BudgetExhausted as e:
         console.print(f"[yellow]budget:[/] {e}; stopped cleanly. Raise the budget and resume with --out {run_dir}")
+        if report:
+            _write_report(run_dir)
         raise typer.Exit(EXIT_BUDGET)
     except RunLocked as e:
         console.print(f"[bold red]locked:[/] {e}", highlight=False, soft_wrap=True)
@@ -110,6 +128,8 @@ def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_ur
         console.print(f"[yellow]interrupted[/]: records written so far are intact; resume with --out {run_dir}")
         raise typer.Exit(130)
     _print_summary(manifest, run_dir)
+    if report:
+        _write_report(run_dir)
 
 
 @app.command()
@@ -118,9 +138,12 @@ def run(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt,
                                            "An existing run there is resumed."),
         teacher: Optional[str] = BackendOpt, model: Optional[str] = ModelOpt, base_url: Optional[str] = BaseUrlOpt,
         target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept (bootstrap)."),
-        force: bool = ForceOpt) -> None:
-    """Run every configured stage (bootstrap, then export), or resume the run in --out where it stopped."""
-    _run(None, config, sets, out, teacher, model, base_url, target, force)
+        force: bool = ForceOpt,
+        report: bool = typer.Option(True, "--report/--no-report", help="Write report.html and the dataset card "
+                                    "at the end.")) -> None:
+    """Run every configured stage (bootstrap, filter, export by default), or resume the run in --out where it
+    stopped; then write the HTML report."""
+    _run(None, config, sets, out, teacher, model, base_url, target, force, report)
 
 
 @app.command("bootstrap")
@@ -131,7 +154,7 @@ def bootstrap_cmd(config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] 
                   target: Optional[int] = typer.Option(None, "--target", help="Instructions to accept."),
                   force: bool = ForceOpt) -> None:
     """Run the Self-Instruct bootstrap stage alone (writes <out>/bootstrap/kept.jsonl and rejected.jsonl)."""
-    _run(["bootstrap"], config, sets, out, teacher, model, base_url, target, force)
+    _run(["bootstrap"], config, sets, out, teacher, model, base_url, target, force, report=False)
 
 
 @app.command("check-teacher")
@@ -181,3 +204,6 @@ from .filter_cmd import filter_command  # noqa: E402
 app.command("filter")(filter_command)
 from .evolve_cmd import evolve_command  # noqa: E402
 app.command("evolve")(evolve_command)
+from .inspect_cmd import inspect_command, report_command  # noqa: E402
+app.command("inspect")(inspect_command)
+app.command("report")(report_command)

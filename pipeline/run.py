@@ -218,6 +218,9 @@ def run_export(run: Run, progress: Progress = _no_progress) -> None:
     progress("export", count, count, {})
     run.record_stage("export", count, Counter(), time.time() - t0,
                      files={"alpaca": "dataset/train.jsonl", "messages": "dataset/messages.jsonl"})
+    from .card import write_card
+
+    write_card(run.dir)  # rewritten with the final figures by `pipeline report` at the end of the run
 
 
 def _budget(cfg: RunConfig, model_name: str) -> Budget:

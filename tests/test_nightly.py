@@ -20,7 +20,7 @@ from tests.fault_proxy import FaultProxy, summary
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
 # Small: one generation request per step. Deterministic although sampled: every request carries its own seed.
-SMALL = ["--set", "bootstrap.request_batch_size=1", "--set", "bootstrap.new_per_request=8"]
+SMALL = ["--set", "bootstrap.request_batch_size=1", "--set", "bootstrap.new_per_request=8", "--no-report"]
 
 
 def _cache_rows(run: Path) -> int:

@@ -1,0 +1,138 @@
+"""The report's charts, drawn with matplotlib and returned as inline SVG text (the report needs no network and no
+side files). Each function takes plain figures and returns an ``<svg>`` string, or None when there is nothing to
+draw, so the report can say so instead."""
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
+                     "axes.spines.right": False, "figure.dpi": 96})
+PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
+           "#bab0ac"]
+
+
+def _svg(fig) -> str:
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+
+
+def verb_sunburst(top: list[tuple[str, int, list[tuple[str, int]]]], title: str) -> str | None:
+    """Inner ring: the most common verbs; outer ring: each verb's most common direct objects."""
+    if not top:
+        return None
+    fig, ax = plt.subplots(figsize=(7.5, 7.5))
+    inner_sizes = [c for _, c, _ in top]
+    colors = [PALETTE[i % len(PALETTE)] for i in range(len(top))]
+    outer_sizes, outer_labels, outer_colors = [], [], []
+    for (verb, count, objects), color in zip(top, colors):
+        rest = count
+        for obj, n in objects:
+            outer_sizes.append(n)
+            outer_labels.append(obj)
+            outer_colors.append(matplotlib.colors.to_rgba(color, 0.55))
+            rest -= n
+        if rest > 0:  # the verb's other objects (or none): a blank wedge keeps the rings aligned
+            outer_sizes.append(rest)
+            outer_labels.append("")
+            outer_colors.append((1, 1, 1, 0))
+    wedge = {"edgecolor": "white", "linewidth": 0.8}
+    total = sum(inner_sizes)
+    ax.pie(outer_sizes, radius=1.0, colors=outer_colors, wedgeprops={**wedge, "width": 0.32},
+           labels=[lab if n / total > 0.006 else "" for lab, n in zip(outer_labels, outer_sizes)],
+           labeldistance=0.84, rotatelabels=True, textprops={"fontsize": 7})
+    ax.pie(inner_sizes, radius=0.68, colors=colors, wedgeprops={**wedge, "width": 0.38},
+           labels=[v if c / total > 0.012 else "" for v, c, _ in top], labeldistance=0.72, rotatelabels=True,
+           textprops={"fontsize": 8, "fontweight": "bold", "color": "white"})
+    ax.set(aspect="equal")
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def histograms(series: dict[str, list[float]], title: str, xlabel: str, bins: int = 30,
+               log: bool = False) -> str | None:
+    """One small histogram per named series (lengths of instructions, inputs, outputs ...)."""
+    series = {k: v for k, v in series.items() if len(v)}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, len(series), figsize=(3.6 * len(series), 2.8), squeeze=False)
+    for ax, (name, values), color in zip(axes[0], series.items(), PALETTE):
+        ax.hist(values, bins=bins, color=color, log=log)
+        ax.set_title(f"{name} (n={len(values)}, median {sorted(values)[len(values) // 2]:g})")
+        ax.set_xlabel(xlabel)
+    axes[0][0].set_ylabel("records")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def similarity_histogram(scores: list[float], threshold: float, title: str) -> str | None:
+    if not scores:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 2.8))
+    ax.hist(scores, bins=[i / 40 for i in range(41)], color=PALETTE[0])
+    ax.axvline(threshold, color=PALETTE[3], linestyle="--", linewidth=1)
+    ax.text(threshold, ax.get_ylim()[1] * 0.92, f" threshold {threshold}", color=PALETTE[3], fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("ROUGE-L F to the nearest seed instruction")
+    ax.set_ylabel("records")
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def reason_bars(stages: list[dict[str, Any]], title: str) -> str | None:
+    """Rejections by reason, one bar per reason, stacked by stage."""
+    reasons: dict[str, dict[str, int]] = {}
+    for row in stages:
+        for reason, n in row.get("rejected_by_reason", {}).items():
+            reasons.setdefault(reason, {})[row["stage"]] = n
+    if not reasons:
+        return None
+    order = sorted(reasons, key=lambda r: sum(reasons[r].values()))
+    stage_names = [row["stage"] for row in stages if row.get("rejected_by_reason")]
+    fig, ax = plt.subplots(figsize=(7.5, 0.6 + 0.26 * len(order)))
+    left = [0] * len(order)
+    for stage, color in zip(stage_names, PALETTE):
+        widths = [reasons[r].get(stage, 0) for r in order]
+        ax.barh(order, widths, left=left, color=color, label=stage)
+        left = [a + b for a, b in zip(left, widths)]
+    for y, total in enumerate(left):
+        ax.text(total, y, f" {total}", va="center", fontsize=8)
+    ax.set_xlabel("rejected records")
+    ax.legend(loc="lower right", frameon=False)
+    ax.set_title(title)
+    return _svg(fig)
+
+
+def evolve_bars(stats: dict[str, Any] | None) -> str | None:
+    """Evolve pass rate per round and per operation, with the mean growth in words of the passes."""
+    if not stats or not stats.get("rounds"):
+        return None
+    rounds = stats["rounds"]
+    ops = stats.get("by_operation", {})
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9.5, 3.0), gridspec_kw={"width_ratios": [1, 1.6]})
+    a1.bar([str(r["round"]) for r in rounds], [r["pass_rate"] or 0 for r in rounds], color=PALETTE[0])
+    for i, r in enumerate(rounds):
+        a1.text(i, (r["pass_rate"] or 0), f"{r['passes']}/{r['attempts']}", ha="center", va="bottom", fontsize=8)
+    a1.set(ylim=(0, 1.1), xlabel="round", ylabel="pass rate", title="per round")
+    names = list(ops)
+    a2.bar(names, [ops[n]["pass_rate"] or 0 for n in names], color=PALETTE[1])
+    for i, n in enumerate(names):
+        growth = ops[n].get("mean_growth_words")
+        label = f"{ops[n]['passes']}/{ops[n]['attempts']}"
+        if growth is not None and not (isinstance(growth, float) and math.isnan(growth)):
+            label += f"\n{growth:+.0f} w"
+        a2.text(i, ops[n]["pass_rate"] or 0, label, ha="center", va="bottom", fontsize=7)
+    a2.set(ylim=(0, 1.25), ylabel="pass rate", title="per operation (passes/attempts, mean growth in words)")
+    a2.tick_params(axis="x", labelrotation=20)
+    fig.tight_layout()
+    return _svg(fig)

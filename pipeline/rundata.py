@@ -1,0 +1,140 @@
+"""Read a finished (or stopped) run directory: its manifest and the kept and rejected records of every stage.
+
+This is the one place that knows the layout ``pipeline run`` writes::
+
+    RUN_DIR/manifest.json
+    RUN_DIR/<stage>/kept.jsonl, RUN_DIR/<stage>/rejected.jsonl     (bootstrap, evolve, filter)
+    RUN_DIR/dataset/train.jsonl, messages.jsonl, README.md          (export)
+
+Counts always come from the files themselves (a line is a record), so what ``inspect`` prints equals what is on
+disk even for a run that was killed before it could update its manifest.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .config import PROJECT_ROOT
+from .errors import InputError
+from .runio import read_jsonl
+
+RECORD_STAGES = ("bootstrap", "evolve", "filter")  # the stages that write kept.jsonl / rejected.jsonl
+
+
+def count_lines(path: Path) -> int:
+    """Records in a JSONL file: non-empty lines (0 when the file does not exist)."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+@dataclass
+class RunData:
+    dir: Path
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> "RunData":
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise InputError(str(run_dir), "no such run directory")
+        if not (run_dir / "manifest.json").exists():
+            raise InputError(str(run_dir), "not a run directory (no manifest.json)")
+        data = cls(run_dir)
+        data.manifest  # noqa: B018  (fail now, with a clear message, on a broken manifest)
+        return data
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        path = self.dir / "manifest.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(str(path), f"unreadable manifest ({e})") from None
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest.get("run_id") or self.dir.name)
+
+    def stages(self) -> list[str]:
+        """Stages in the order they ran (the manifest's), then any record stage found only on disk."""
+        names = list(self.manifest.get("stages", {}))
+        names += [s for s in RECORD_STAGES if s not in names and (self.dir / s).is_dir()]
+        return names
+
+    def record_stages(self) -> list[str]:
+        return [s for s in self.stages() if s in RECORD_STAGES and (self.dir / s).is_dir()]
+
+    def path(self, stage: str, kind: str) -> Path:
+        """``kind``: "kept" or "rejected"."""
+        return self.dir / stage / f"{kind}.jsonl"
+
+    def count(self, stage: str, kind: str) -> int:
+        if stage == "export" and kind == "kept":
+            return count_lines(self.dir / "dataset" / "train.jsonl")
+        return count_lines(self.path(stage, kind))
+
+    def rows(self, stage: str, kind: str) -> list[dict[str, Any]]:
+        path = self.path(stage, kind)
+        return list(read_jsonl(path)) if path.exists() else []
+
+    def frame(self, stage: str, kind: str) -> pd.DataFrame:
+        return records_frame(self.rows(stage, kind), stage)
+
+    def final_stage(self) -> str | None:
+        """The stage whose kept records make the dataset: filter when it ran, else the last generating stage."""
+        for stage in ("filter", "evolve", "bootstrap"):
+            if self.path(stage, "kept").exists():
+                return stage
+        return None
+
+    def final_rows(self) -> list[dict[str, Any]]:
+        """The records behind the exported dataset (with all their metadata, unlike dataset/train.jsonl)."""
+        stage = self.final_stage()
+        if stage is None:
+            return []
+        if stage == "filter":
+            return self.rows("filter", "kept")
+        return [row for s in ("bootstrap", "evolve") for row in self.rows(s, "kept")]
+
+    def all_rejected(self) -> pd.DataFrame:
+        frames = [self.frame(s, "rejected") for s in self.record_stages()]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else records_frame([], "")
+
+    def seed_files(self) -> list[Path]:
+        """The seed (or evolve input) files the run started from, where they can still be found."""
+        names = list(self.manifest.get("seeds", {}).get("files", []))
+        if "input" in self.manifest and self.manifest["input"].get("file"):
+            names.append(self.manifest["input"]["file"])
+        found = []
+        for name in names:
+            p = Path(name).expanduser()
+            for candidate in (p, PROJECT_ROOT / p):
+                if candidate.exists():
+                    found.append(candidate)
+                    break
+        return found
+
+
+_COLUMNS = ["id", "instruction", "input", "output", "source", "stage", "reason"]
+
+
+def records_frame(rows: list[dict[str, Any]], stage: str) -> pd.DataFrame:
+    """Records as a DataFrame with a few derived columns that make ``--query`` and the report easy:
+    ``stage``, ``reason`` ("" for kept records), ``instruction_words``, ``input_words``, ``output_words``."""
+    df = pd.DataFrame(rows)
+    for col in _COLUMNS:
+        if col not in df.columns:
+            df[col] = "" if col != "stage" else stage
+    df["stage"] = df["stage"].fillna(stage).replace("", stage)
+    df["reason"] = df["reason"].fillna("")
+    for col in ("instruction", "input", "output"):
+        df[col] = df[col].fillna("").astype(str)
+        df[f"{col}_words"] = df[col].str.split().str.len().astype(int)
+    return df
