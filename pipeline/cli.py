@@ -98,38 +98,63 @@ def _write_report(run_dir: Path) -> None:
                       f"try: pipeline report {run_dir}", highlight=False, soft_wrap=True)
 
 
+class RunExits:
+    """Turns what can end a run into the CLI's exit codes and one-line messages (``pipeline run``, ``bootstrap``
+    and ``evolve`` share it). Set ``run_dir`` inside the block so the messages can say how to resume."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None
+        self.budget_reached = False
+
+    def __enter__(self) -> "RunExits":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        from .run import RunLocked
+        from .teachers.cache import BudgetExhausted
+
+        if exc is None:
+            return False
+        if isinstance(exc, (InputError, TeacherError)):
+            if isinstance(exc, TeacherError) and self.run_dir is not None:
+                console.print(f"the run stopped; what it accepted is intact: resume with --out {self.run_dir}")
+            _fail(exc)
+        if isinstance(exc, BudgetExhausted):
+            self.budget_reached = True
+            console.print(f"[yellow]budget:[/] {exc}; stopped cleanly. Raise the budget and resume with "
+                          f"--out {self.run_dir}")
+            raise typer.Exit(EXIT_BUDGET)
+        if isinstance(exc, RunLocked):
+            console.print(f"[bold red]locked:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_LOCKED)
+        if isinstance(exc, KeyboardInterrupt):
+            console.print(f"[yellow]interrupted[/]: records written so far are intact; resume with "
+                          f"--out {self.run_dir}")
+            raise typer.Exit(130)
+        return False
+
+
 def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_url, target, force=False,
          report: bool = True) -> None:
-    from .run import RunLocked, run_stages
-    from .teachers.cache import BudgetExhausted
+    from .run import run_stages
 
-    run_dir = None
+    exits = RunExits()
     try:
-        cfg = _load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
-                                     "teacher.base_url": base_url, "bootstrap.target_instructions": target})
-        run_dir = Path(out) if out else cfg.resolve_path(cfg.output_dir) / (cfg.run_id or default_run_id())
-        bars = _Bars()
-        with bars.progress:
-            manifest = run_stages(cfg, run_dir, str(config) if config else None, stages=stages, progress=bars,
-                                  force=force)
-    except (InputError, TeacherError) as e:
-        if isinstance(e, TeacherError) and run_dir is not None:
-            console.print(f"the run stopped; what it accepted is intact: resume with --out {run_dir}")
-        _fail(e)
-    except BudgetExhausted as e:
-        console.print(f"[yellow]budget:[/] {e}; stopped cleanly. Raise the budget and resume with --out {run_dir}")
-        if report:
-            _write_report(run_dir)
-        raise typer.Exit(EXIT_BUDGET)
-    except RunLocked as e:
-        console.print(f"[bold red]locked:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_LOCKED)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: records written so far are intact; resume with --out {run_dir}")
-        raise typer.Exit(130)
-    _print_summary(manifest, run_dir)
+        with exits:
+            cfg = _load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
+                                         "teacher.base_url": base_url, "bootstrap.target_instructions": target})
+            exits.run_dir = Path(out) if out else cfg.resolve_path(cfg.output_dir) / (cfg.run_id or default_run_id())
+            bars = _Bars()
+            with bars.progress:
+                manifest = run_stages(cfg, exits.run_dir, str(config) if config else None, stages=stages,
+                                      progress=bars, force=force)
+    except typer.Exit:
+        if report and exits.budget_reached:
+            _write_report(exits.run_dir)  # a budget stop is a clean end: the morning report still helps
+        raise
+    _print_summary(manifest, exits.run_dir)
     if report:
-        _write_report(run_dir)
+        _write_report(exits.run_dir)
 
 
 @app.command()

@@ -63,37 +63,21 @@ def evolve_command(
 ) -> None:
     """Evol-Instruct: evolve instructions for M rounds (in-depth and in-breadth rewrites), answer them, eliminate
     failed evolutions, filter; writes <out>/evolve/kept.jsonl and rejected.jsonl and prints per-round stats."""
-    from .cli import EXIT_BUDGET, EXIT_LOCKED, _Bars, _fail, _load, console
-    from .errors import InputError, TeacherError
+    from .cli import RunExits, _Bars, _load, console
     from .evolve_run import evolve_file
-    from .run import RunLocked
     from .runio import default_run_id
     from .seeds import load_seed_file
-    from .teachers.cache import BudgetExhausted
 
-    run_dir = None
-    try:
+    with RunExits() as exits:
         cfg = _load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
                                      "teacher.base_url": base_url, "evolve.rounds": rounds,
                                      "evolve.max_items": max_items})
         records = load_seed_file(in_file)  # bad input fails before anything is written
-        run_dir = Path(out) if out else cfg.resolve_path(cfg.output_dir) / (cfg.run_id or default_run_id())
+        exits.run_dir = run_dir = (Path(out) if out else
+                                   cfg.resolve_path(cfg.output_dir) / (cfg.run_id or default_run_id()))
         bars = _Bars()
         with bars.progress:
             manifest = evolve_file(cfg, run_dir, in_file, records, str(config) if config else None, bars, force)
-    except (InputError, TeacherError) as e:
-        if isinstance(e, TeacherError) and run_dir is not None:
-            console.print(f"the run stopped; what it accepted is intact: resume with --out {run_dir}")
-        _fail(e)
-    except BudgetExhausted as e:
-        console.print(f"[yellow]budget:[/] {e}; stopped cleanly. Raise the budget and resume with --out {run_dir}")
-        raise typer.Exit(EXIT_BUDGET)
-    except RunLocked as e:
-        console.print(f"[bold red]locked:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_LOCKED)
-    except KeyboardInterrupt:
-        console.print(f"[yellow]interrupted[/]: records written so far are intact; resume with --out {run_dir}")
-        raise typer.Exit(130)
     stage = manifest["stages"]["evolve"]
     stats = stage["stats"]
     if not console.is_terminal:  # logs and pipes: no 80-column wrapping of the table

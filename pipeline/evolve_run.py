@@ -121,52 +121,20 @@ def evolve_file(cfg: RunConfig, run_dir: Path, in_file: Path, records: list[Reco
     Resuming (same ``--out``) replays the stage with the cache answering every request that already succeeded;
     the input file must be the same one (its SHA-256 is in the manifest) unless ``force``.
     """
-    from .run import Run, _budget
-    from .teachers import make_teacher
-    from .teachers.cache import BudgetExhausted, CachedTeacher, RequestCache, describe_spent
+    from .run import run_session
 
     digest = hashlib.sha256(Path(in_file).read_bytes()).hexdigest()
-    inner = make_teacher(cfg.teacher)
-    try:
-        run = Run.open(cfg, run_dir, config_path, force=force)
-    except BaseException:
-        inner.close()
-        raise
-    old = run.manifest.get("input")
-    if old and old.get("sha256") != digest and not force:
-        run.close()
-        inner.close()
-        raise InputError(str(in_file), f"differs from the input this run started with ({old.get('file')}); resume "
-                         "with the same file, or pass --force", field="input")
-    run.manifest["input"] = {"file": str(in_file), "sha256": digest, "records": len(records),
-                             "tasks": len({r.task_id or r.id for r in records})}
-    budget = _budget(cfg, inner.model_name)
-    cache = RequestCache(run.dir / "cache.sqlite")
-    teacher = CachedTeacher(inner, cache, budget)
-    status = "failed"
-    try:
+
+    def same_input(run: "Run") -> None:
+        old = run.manifest.get("input")
+        if old and old.get("sha256") != digest and not force:
+            raise InputError(str(in_file), f"differs from the input this run started with ({old.get('file')}); "
+                             "resume with the same file, or pass --force", field="input")
+
+    with run_session(cfg, run_dir, config_path, force=force, check=same_input) as (run, teacher):
+        run.manifest["input"] = {"file": str(in_file), "sha256": digest, "records": len(records),
+                                 "tasks": len({r.task_id or r.id for r in records})}
         if not run.is_done(evolve.STAGE):
             run_evolve(run, teacher, records, progress)
             run.mark_done(evolve.STAGE)
-        status = "complete"
-    except BudgetExhausted as e:
-        status = "budget_exhausted"
-        run.manifest["stopped_because"] = str(e)
-        raise
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    except BaseException as e:
-        run.manifest["stopped_because"] = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        run.session["usage"] = teacher.usage.as_dict()
-        run.manifest["spent"] = describe_spent(cache.spent(), budget)
-        run.manifest["tokens"] = {"prompt": run.manifest["spent"]["prompt_tokens"],
-                                  "completion": run.manifest["spent"]["completion_tokens"]}
-        if status == "complete":
-            run.manifest.pop("stopped_because", None)
-        run.save_manifest(status=status)
-        teacher.close()
-        run.close()
     return run.manifest

@@ -14,9 +14,10 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from . import bootstrap
 from .config import PROJECT_ROOT, RunConfig
@@ -230,51 +231,39 @@ def _budget(cfg: RunConfig, model_name: str) -> Budget:
                   price=(price.input_per_mtok, price.output_per_mtok) if price else None)
 
 
-def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, stages: list[str] | None = None,
-               progress: Progress = _no_progress, force: bool = False) -> dict:
-    """Validate every input, then run (or resume) the stages in order. Returns the manifest.
+@contextmanager
+def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *, force: bool = False,
+                need_teacher: bool = True, check: Callable[[Run], None] | None = None
+                ) -> Iterator[tuple[Run, CachedTeacher | None]]:
+    """One session of work on a run directory: open (or resume) the run under its lock, put the request cache and
+    the budget in front of the teacher, and on the way out, however the body ends, record the session's usage,
+    what was spent and the status in the manifest, then release the teacher and the lock.
 
-    Raises InputError before anything is written when an input is bad; BudgetExhausted, TeacherError or
-    KeyboardInterrupt leave the run resumable, with its manifest saying why it stopped.
+    ``check(run)`` runs right after the run is opened; if it raises, the run is closed with its manifest untouched.
+    A body that raises BudgetExhausted ends "budget_exhausted", KeyboardInterrupt "interrupted", anything else
+    "failed" (with ``stopped_because``); the exception propagates to the CLI, which maps it to an exit code.
     """
-    wanted = stages or list(cfg.stages)
-    stages = [s for s in STAGE_ORDER if s in wanted]
-    seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
-    inner = make_teacher(cfg.teacher) if TEACHER_STAGES & set(stages) else None
+    inner = make_teacher(cfg.teacher) if need_teacher else None
     try:
         run = Run.open(cfg, run_dir, config_path, force=force)
     except BaseException:
         if inner is not None:
             inner.close()
         raise
+    if check is not None:
+        try:
+            check(run)
+        except BaseException:
+            run.close()
+            if inner is not None:
+                inner.close()
+            raise
     budget = _budget(cfg, inner.model_name if inner else "")
     cache = RequestCache(run.dir / "cache.sqlite")
     teacher = CachedTeacher(inner, cache, budget) if inner is not None else None
-    run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds})}
     status = "failed"
     try:
-        for stage in stages:
-            if run.is_done(stage):
-                continue
-            if stage == "bootstrap":
-                run_bootstrap(run, teacher, seeds, progress)
-            elif stage == "evolve":
-                from .evolve_run import evolve_inputs, run_evolve
-
-                run_evolve(run, teacher, evolve_inputs(run, seeds), progress)
-            elif stage == "filter":
-                run_filter(run, seeds, progress)
-            elif stage == "export":
-                run_export(run, progress)
-            elif stage == "tune":
-                from .tune import run_tune_stage
-
-                run_tune_stage(run, cfg, progress)
-            elif stage == "eval":
-                from .evaluate import run_eval_stage
-
-                run_eval_stage(run, cfg, progress)
-            run.mark_done(stage)
+        yield run, teacher
         status = "complete"
     except BudgetExhausted as e:
         status = "budget_exhausted"
@@ -300,4 +289,41 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
         else:
             cache.close()
         run.close()
+
+
+def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, stages: list[str] | None = None,
+               progress: Progress = _no_progress, force: bool = False) -> dict:
+    """Validate every input, then run (or resume) the stages in order. Returns the manifest.
+
+    Raises InputError before anything is written when an input is bad; BudgetExhausted, TeacherError or
+    KeyboardInterrupt leave the run resumable, with its manifest saying why it stopped.
+    """
+    wanted = stages or list(cfg.stages)
+    stages = [s for s in STAGE_ORDER if s in wanted]
+    seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
+    with run_session(cfg, run_dir, config_path, force=force,
+                     need_teacher=bool(TEACHER_STAGES & set(stages))) as (run, teacher):
+        run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds})}
+        for stage in stages:
+            if run.is_done(stage):
+                continue
+            if stage == "bootstrap":
+                run_bootstrap(run, teacher, seeds, progress)
+            elif stage == "evolve":
+                from .evolve_run import evolve_inputs, run_evolve
+
+                run_evolve(run, teacher, evolve_inputs(run, seeds), progress)
+            elif stage == "filter":
+                run_filter(run, seeds, progress)
+            elif stage == "export":
+                run_export(run, progress)
+            elif stage == "tune":
+                from .tune import run_tune_stage
+
+                run_tune_stage(run, cfg, progress)
+            elif stage == "eval":
+                from .evaluate import run_eval_stage
+
+                run_eval_stage(run, cfg, progress)
+            run.mark_done(stage)
     return run.manifest

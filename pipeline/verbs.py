@@ -21,7 +21,7 @@ def load_parser():
     try:
         import importlib
 
-        import spacy
+        import spacy  # noqa: F401  (is spaCy installed at all?)
     except ImportError:
         return None
     for name in MODEL_PACKAGES:
