@@ -49,13 +49,16 @@ def _print_summary(s: dict[str, Any]) -> None:
     if o.get("stopped_because"):
         out.print(f"[yellow]stopped because:[/] {o['stopped_because']}", highlight=False)
     table = Table(title="stages")
-    for col in ("stage", "kept", "rejected", "keep rate", "kept/min", "wall s", "finished"):
+    for col in ("stage", "kept", "rejected", "keep rate", "kept/min", "wall s", "requests*", "tokens in*",
+                "tokens out*", "finished"):
         table.add_column(col, justify="left" if col == "stage" else "right")
     for row in s["stages"]:
         rate = f"{100 * row['keep_rate']:.1f}%" if row["keep_rate"] is not None else "–"
         table.add_row(row["stage"], _fmt(row["kept"]), _fmt(row["rejected"]), rate, _fmt(row["kept_per_min"]),
-                      _fmt(row["wall_s"]), "yes" if row["done"] else "no")
+                      _fmt(row["wall_s"]), _fmt(row["requests"]), _fmt(row["prompt_tokens"]),
+                      _fmt(row["completion_tokens"]), "yes" if row["done"] else "no")
     out.print(table)
+    out.print("* sent by the session that finished the stage; the run's totals are above", style="dim")
     reasons = Table(title="rejected by reason")
     for col in ("stage", "reason", "count", "share of stage"):
         reasons.add_column(col, justify="right" if col in ("count", "share of stage") else "left")

@@ -19,10 +19,11 @@ FAULTS = ["http_429", "http_500", "http_503", "reset", "timeout", "truncated", "
 
 class FaultProxy:
     def __init__(self, upstream: str, rate: float, seed: int = 0, hang_s: float = 4.0,
-                 faults: list[str] | None = None):
+                 faults: list[str] | None = None, cycle: bool = False):
         self.upstream_root = upstream.rstrip("/").removesuffix("/v1")  # paths are forwarded as they come
         self.rate, self.hang_s = rate, hang_s
         self.faults = faults or FAULTS
+        self.cycle = cycle  # True: the faults come in turn (every kind is seen), not drawn at random
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.injected: Counter = Counter()
@@ -93,7 +94,10 @@ class FaultProxy:
         with self.lock:
             if self.rng.random() >= self.rate:
                 return None
-            fault = self.rng.choice(self.faults)
+            if self.cycle:
+                fault = self.faults[sum(self.injected.values()) % len(self.faults)]
+            else:
+                fault = self.rng.choice(self.faults)
             self.injected[fault] += 1
             return fault
 

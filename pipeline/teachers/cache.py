@@ -65,6 +65,9 @@ class Budget:
             return None
         return (spent.prompt_tokens * self.price[0] + spent.completion_tokens * self.price[1]) / 1e6
 
+    def requests_left(self, spent: Spent) -> int | None:
+        return None if self.max_requests is None else max(self.max_requests - spent.requests, 0)
+
     def exceeded(self, spent: Spent) -> str | None:
         if self.max_requests is not None and spent.requests >= self.max_requests:
             return f"request budget reached ({spent.requests} >= {self.max_requests})"
@@ -97,9 +100,15 @@ class CachedTeacher:
                     on_result(i, c)
         missing = [i for i, c in enumerate(results) if c is None]
         if missing:
-            reason = self.budget.exceeded(self.cache.spent())
+            spent = self.cache.spent()
+            reason = self.budget.exceeded(spent)
             if reason:
                 raise BudgetExhausted(reason)
+            # The request budget is exact: send only what it still allows, keep those answers, then stop. Token
+            # and cost budgets are checked before each batch (a batch's size is unknown until it is answered).
+            allowed = self.budget.requests_left(spent)
+            held_back = missing[allowed:] if allowed is not None else []
+            missing = missing[:allowed] if allowed is not None else missing
 
             def store(j: int, c: Completion) -> None:
                 i = missing[j]
@@ -114,6 +123,8 @@ class CachedTeacher:
                 self.usage.add(results[i])
             self.usage.retries += self.inner.usage.retries - before
             self.usage.retries_by_kind = dict(self.inner.usage.retries_by_kind)
+            if held_back:
+                raise BudgetExhausted(self.budget.exceeded(self.cache.spent()) or "request budget reached")
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
