@@ -16,8 +16,9 @@
 
 Kept and rejected records carry the nearest pool instruction (``nearest_id``, ``nearest_instruction``,
 ``rouge_l``); rejected ones also ``reason`` and ``details``. For a duplicate, the score and nearest item are exact.
-For a kept record they are the best among the pairs that survived the exact pruning, None when no pair did (set
-``exact_nearest`` for the exact best, at brute-force cost). A task is identified by ``task_id`` (records without
+For a kept record they are exact while the pool holds at most ``exact_nearest_up_to`` instructions (default
+20,000); beyond that, the best among the pairs that survived the exact pruning, None when no pair did (set
+``exact_nearest`` for the exact best everywhere, at brute-force cost). A task is identified by ``task_id`` (records without
 one are their own task); a task whose records carry different instructions is split by instruction.
 
 ``read_records(path)`` reads Alpaca-format JSONL (instruction, input, output), Self-Instruct JSONL (``instances``
@@ -127,7 +128,8 @@ def _novelty_index(cfg: FilterConfig) -> NoveltyIndex:
 
 
 def _index_options(cfg: FilterConfig) -> dict[str, Any]:
-    return {"exact_nearest": cfg.exact_nearest, "alpaca_similarity": cfg.alpaca_similarity,
+    return {"exact_nearest": cfg.exact_nearest, "exact_nearest_up_to": cfg.exact_nearest_up_to or None,
+            "alpaca_similarity": cfg.alpaca_similarity,
             "minhash_above": cfg.minhash_above, "num_perm": cfg.minhash_num_perm,
             "minhash_threshold": cfg.minhash_threshold, "minhash_backend": cfg.minhash_backend,
             "minhash_seed": cfg.minhash_seed}
@@ -267,7 +269,8 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
             "unicode_tokens": cfg.unicode_tokens,
             "tasks_checked": len(texts),
             "pool_size": pool_size,
-            "nearest_exact_for_kept": cfg.exact_nearest or cfg.alpaca_similarity,
+            "nearest_exact_for_kept": (cfg.exact_nearest or cfg.alpaca_similarity
+                                       or pool_size <= cfg.exact_nearest_up_to),
             "minhash_above": cfg.minhash_above,
             **{k: v for k, v in index_stats.items() if k != "seconds"},
         },

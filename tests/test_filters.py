@@ -390,3 +390,32 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     result = CliRunner().invoke(app, ["filter", str(PUBLISHED_SEEDS), "--out", str(tmp_path / "o"),
                                       "--set", "filter.minhash_backend=redis"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("up_to, exact", [(20_000, True), (0, False)])
+def test_kept_records_carry_their_exact_nearest_while_the_pool_is_small(up_to, exact):
+    """Default config: every kept record names its most similar earlier instruction (seed or kept) and the exact
+    rouge-score ROUGE-L; with exact_nearest_up_to=0 the score is only a lower bound, often missing."""
+    from pipeline.seeds import load_seeds
+
+    if not PUBLISHED_SEEDS.is_file():
+        pytest.skip("published seeds not present")
+    seeds = load_seeds([OUR_SEEDS])[:60]
+    candidates = load_seeds([PUBLISHED_SEEDS])
+    result = filter_records(candidates, FilterConfig(exact_nearest_up_to=up_to), reference=seeds)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pool = list(dict.fromkeys(s.instruction for s in seeds))
+    kept_by_task = {}
+    for r in result.kept:
+        kept_by_task.setdefault(r.task_id or r.id, r)
+    assert len(kept_by_task) > 100
+    missing = 0
+    for r in kept_by_task.values():
+        best = max(scorer.score(p, r.instruction)["rougeL"].fmeasure for p in pool)
+        if exact:
+            assert r.rouge_l == pytest.approx(best, abs=1e-9) and r.nearest_instruction in pool
+        else:
+            assert r.rouge_l is None or r.rouge_l <= best + 1e-9
+            missing += r.rouge_l is None
+        pool.append(r.instruction)
+    assert (missing == 0) if exact else (missing > 0)
