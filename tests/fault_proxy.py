@@ -23,7 +23,8 @@ class FaultProxy:
         self.upstream_root = upstream.rstrip("/").removesuffix("/v1")  # paths are forwarded as they come
         self.rate, self.hang_s = rate, hang_s
         self.faults = faults or FAULTS
-        self.cycle = cycle  # True: the faults come in turn (every kind is seen), not drawn at random
+        self.cycle = cycle  # True: exactly `rate` of the requests fail, the kinds in turn (every kind is seen)
+        self.posts = 0
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.injected: Counter = Counter()
@@ -92,7 +93,11 @@ class FaultProxy:
 
     def _draw(self) -> str | None:
         with self.lock:
-            if self.rng.random() >= self.rate:
+            self.posts += 1
+            if self.cycle:  # deterministic: a fault whenever the share so far would fall below the rate
+                if sum(self.injected.values()) + 1 > self.rate * self.posts:
+                    return None
+            elif self.rng.random() >= self.rate:
                 return None
             if self.cycle:
                 fault = self.faults[sum(self.injected.values()) % len(self.faults)]
@@ -111,4 +116,4 @@ class FaultProxy:
 
 
 def summary(proxy: FaultProxy) -> str:
-    return json.dumps({"injected": dict(proxy.injected), "forwarded": proxy.forwarded})
+    return json.dumps({"injected": dict(proxy.injected), "forwarded": proxy.forwarded, "posts": proxy.posts})

@@ -109,7 +109,7 @@ def test_lock_refuses_a_second_run_and_a_dead_ones_lock_does_not_block(tmp_path)
 @pytest.mark.slow
 def test_run_survives_thirty_percent_faults(llama_server, tmp_path):
     run = tmp_path / "run"
-    # 30% of the requests fail, the kinds in turn so that every kind is seen; two instructions per generation
+    # 30% of the requests fail (every third or so), the kinds in turn so that every kind is seen; two per generation
     # request and short generations make enough requests (about 35) for a few of each.
     with FaultProxy(llama_server, rate=0.3, seed=3, hang_s=11.0, cycle=True) as proxy:
         r = run_cli("run", "--config", "configs/llamacpp_server.toml", "--base-url", proxy.url, "--out", str(run),
@@ -124,7 +124,7 @@ def test_run_survives_thirty_percent_faults(llama_server, tmp_path):
     print("retries by kind:", usage["retries_by_kind"], "requests:", usage["requests"])
     injected = sum(proxy.injected.values())
     assert injected >= 7 and set(proxy.injected) == set(FAULTS)
-    assert 0.15 <= injected / (injected + proxy.forwarded) <= 0.45  # the rate the run survived
+    assert injected == int(0.3 * proxy.posts) and injected >= 7  # the rate the run survived: 30% of requests
     # Every injected fault was retried and counted by kind (a truncated body or invalid JSON is a malformed
     # response; a reset is a connection error).
     assert usage["retries"] == sum(usage["retries_by_kind"].values()) == injected
