@@ -97,9 +97,7 @@ def _select(run: RunData, stage: Optional[str], rejected: Optional[str]) -> pd.D
     """The records to show: the rejected ones of a reason ("all" for every reason), else the kept ones."""
     if rejected is not None:
         stages = [stage] if stage else run.record_stages()
-        frames = [run.frame(s, "rejected") for s in stages]
-        df = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) \
-            else records_frame([], "")
+        df = records_frame([row for s in stages for row in run.rows(s, "rejected")], stage or "")
         if rejected != "all":
             known = sorted(set(df["reason"])) if len(df) else []
             if rejected not in known:

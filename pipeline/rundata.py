@@ -102,11 +102,6 @@ class RunData:
             return self.rows("filter", "kept")
         return [row for s in ("bootstrap", "evolve") for row in self.rows(s, "kept")]
 
-    def all_rejected(self) -> pd.DataFrame:
-        frames = [self.frame(s, "rejected") for s in self.record_stages()]
-        frames = [f for f in frames if len(f)]
-        return pd.concat(frames, ignore_index=True) if frames else records_frame([], "")
-
     def seed_files(self) -> list[Path]:
         """The seed (or evolve input) files the run started from, where they can still be found."""
         names = list(self.manifest.get("seeds", {}).get("files", []))

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .rundata import RECORD_STAGES, RunData
+from .rundata import RECORD_STAGES, RunData, records_frame
 from .runio import read_jsonl
 
 
@@ -138,8 +138,7 @@ def evolve_stats(run: RunData) -> dict[str, Any] | None:
 
 def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
     """Everything ``inspect`` shows for one run."""
-    from .rundata import records_frame
-    from .verbs import verb_objects
+    from .verbs import verb_objects  # spaCy loads only when verbs are asked for
 
     final = records_frame(run.final_rows(), run.final_stage() or "")
     pairs = verb_objects(final["instruction"].tolist()) if parse_verbs and len(final) else None
