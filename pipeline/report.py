@@ -56,7 +56,8 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
     if pairs is not None:  # as in the paper: the instructions with a verb-direct object structure
         chart_pairs = [(v, o) for v, o in pairs if v and o]
         verb_note = (f"the verb nearest the root and its first direct object, parsed with {parser}; "
-                     f"{len(chart_pairs)} of {len(pairs)} kept instructions have this structure")
+                     f"{len(chart_pairs)} of {len(pairs)} kept instructions"
+                     + (" (a random sample)" if len(pairs) < len(instructions) else "") + " have this structure")
     else:
         chart_pairs = first_words(instructions)
         verb_note = "spaCy is not installed (pip install 'instruct-pipeline[report]'): first words shown instead"

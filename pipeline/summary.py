@@ -121,7 +121,8 @@ def diversity(df: pd.DataFrame, pairs: list[tuple[str | None, str | None]] | Non
     if pairs is not None:
         verbs = Counter(v for v, _ in pairs if v)
         with_pair = [(v, o) for v, o in pairs if v and o]
-        out.update({"unique_verbs": len(verbs), "unique_verb_object_pairs": len(set(with_pair)),
+        out.update({"verbs_parsed": len(pairs), "unique_verbs": len(verbs),
+                    "unique_verb_object_pairs": len(set(with_pair)),
                     "share_with_verb_object": round(len(with_pair) / len(pairs), 4) if pairs else None,
                     "top_verbs": verbs.most_common(5)})
     if seed_scores is not None:

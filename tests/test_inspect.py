@@ -193,3 +193,21 @@ def test_a_run_with_nothing_accepted_still_gets_a_readable_report(empty_run, tmp
     png = tmp_path / "empty.png"
     _screenshot(report, png, height=1600)
     assert _chart_pixels(png)["#4e79a7"] > 500  # the rejection-reason bars are drawn
+
+
+def test_without_spacy_the_report_says_so_and_charts_first_words(real_run, monkeypatch):
+    from pipeline import report
+    from pipeline.rundata import RunData
+
+    monkeypatch.setattr(report, "verb_objects", lambda texts: None)  # as if the report extra were not installed
+    ctx = report.build_context(RunData.open(real_run))
+    assert "spaCy is not installed" in ctx["verb_note"] and "unique_verbs" not in ctx["diversity"]
+    assert ctx["charts"]["verbs"].startswith("<svg") and "top 20 first words" in ctx["charts"]["verbs"]
+
+
+def test_verb_parsing_samples_large_runs():
+    from pipeline.verbs import verb_objects
+
+    texts = [f"Write a poem about topic number {i}." for i in range(50)]
+    assert verb_objects(texts[:3]) == [("write", "poem")] * 3
+    assert len(verb_objects(texts, limit=20)) == 20
