@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +20,8 @@ from rich.table import Table
 from .errors import InputError
 from .rundata import RunData, records_frame
 
-out = Console()  # tables and records go to stdout, so they can be piped
+# Tables and records go to stdout, so they can be piped; piped output gets room for the wide tables.
+out = Console() if sys.stdout.isatty() else Console(width=160)
 err = Console(stderr=True)
 TEXT_CHARS = 400
 
@@ -41,8 +43,8 @@ def _clip(text: Any, n: int = TEXT_CHARS) -> str:
 
 def _print_summary(s: dict[str, Any]) -> None:
     o = s["overview"]
-    out.print(f"[bold]run {o['run_id']}[/]  status [bold]{o['status']}[/]  teacher {o['teacher_backend']} / "
-              f"{o['teacher_model']}  sessions {o['sessions']}  wall {_fmt(o['wall_s'])} s", highlight=False)
+    out.print(f"[bold]run {o['run_id']}[/]  status [bold]{o['status']}[/]  teacher {_fmt(o['teacher_backend'])} / "
+              f"{_fmt(o['teacher_model'])}  sessions {o['sessions']}  wall {_fmt(o['wall_s'])} s", highlight=False)
     out.print(f"requests {_fmt(o['requests'])}  tokens in {_fmt(o['prompt_tokens'])} out "
               f"{_fmt(o['completion_tokens'])}  cost {_fmt(o['cost_usd'])}  dataset rows {_fmt(o['dataset_rows'])}",
               highlight=False)

@@ -37,25 +37,31 @@ def count_lines(path: Path) -> int:
 @dataclass
 class RunData:
     dir: Path
+    flat: bool = False  # the output of ``pipeline filter``: kept.jsonl, rejected.jsonl, stats.json in one folder
 
     @classmethod
     def open(cls, run_dir: str | Path) -> "RunData":
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise InputError(str(run_dir), "no such run directory")
-        if not (run_dir / "manifest.json").exists():
-            raise InputError(str(run_dir), "not a run directory (no manifest.json)")
-        data = cls(run_dir)
+        if (run_dir / "manifest.json").exists():
+            data = cls(run_dir)
+        elif (run_dir / "stats.json").exists() and (run_dir / "kept.jsonl").exists():
+            data = cls(run_dir, flat=True)
+        else:
+            raise InputError(str(run_dir), "not a run directory (no manifest.json) nor a `pipeline filter` output "
+                             "(no stats.json)")
         data.manifest  # noqa: B018  (fail now, with a clear message, on a broken manifest)
         return data
 
     @cached_property
     def manifest(self) -> dict[str, Any]:
-        path = self.dir / "manifest.json"
+        path = self.dir / ("stats.json" if self.flat else "manifest.json")
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InputError(str(path), f"unreadable manifest ({e})") from None
+            raise InputError(str(path), f"unreadable {path.name} ({e})") from None
+        return _filter_manifest(self.dir, data) if self.flat else data
 
     @property
     def run_id(self) -> str:
@@ -68,13 +74,19 @@ class RunData:
         return names
 
     def record_stages(self) -> list[str]:
+        if self.flat:
+            return ["filter"]
         return [s for s in self.stages() if s in RECORD_STAGES and (self.dir / s).is_dir()]
 
     def path(self, stage: str, kind: str) -> Path:
         """``kind``: "kept" or "rejected"."""
+        if self.flat:
+            return self.dir / f"{kind}.jsonl"
         return self.dir / stage / f"{kind}.jsonl"
 
     def count(self, stage: str, kind: str) -> int:
+        if self.flat and stage == "export":
+            return 0
         if stage == "export" and kind == "kept":
             return count_lines(self.dir / "dataset" / "train.jsonl")
         return count_lines(self.path(stage, kind))
@@ -133,3 +145,18 @@ def records_frame(rows: list[dict[str, Any]], stage: str) -> pd.DataFrame:
         df[col] = df[col].fillna("").astype(str)
         df[f"{col}_words"] = df[col].str.split().str.len().astype(int)
     return df
+
+
+def _filter_manifest(folder: Path, stats: dict[str, Any]) -> dict[str, Any]:
+    """A run manifest's view of ``pipeline filter``'s stats.json: one finished stage, "filter"."""
+    return {
+        "run_id": folder.name,
+        "status": "complete",
+        "config": {"filter": stats.get("config", {})},
+        "seeds": {"files": stats.get("reference", [])},
+        "stages": {"filter": {"kept": stats.get("kept_records"), "rejected": stats.get("rejected_records"),
+                              "rejected_by_reason": stats.get("rejected_by_reason", {}),
+                              "wall_s": (stats.get("timing") or {}).get("wall_s"),
+                              "input": stats.get("input_records")}},
+        "wall_s": (stats.get("timing") or {}).get("wall_s"),
+    }

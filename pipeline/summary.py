@@ -42,7 +42,7 @@ def stage_rows(run: RunData) -> list[dict[str, Any]]:
             "kept_per_min": round(kept / (wall / 60), 2) if wall and stage in ("bootstrap", "evolve") else None,
             "requests": usage.get("requests"), "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"), "retries": usage.get("retries"),
-            "done": (run.dir / stage / ".done").exists(),
+            "done": run.flat or (run.dir / stage / ".done").exists(),
         })
     return out
 
@@ -63,7 +63,7 @@ def overview(run: RunData) -> dict[str, Any]:
         "completion_tokens": spent.get("completion_tokens", tokens.get("completion")),
         "cost_usd": spent.get("cost_usd", "unknown (no price for this model)"),
         "seeds": m.get("seeds", {}).get("tasks") or m.get("input", {}).get("tasks"),
-        "dataset_rows": run.count("export", "kept"),
+        "dataset_rows": None if run.flat else run.count("export", "kept"),
         "stopped_because": m.get("stopped_because"),
     }
 

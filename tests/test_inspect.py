@@ -211,3 +211,19 @@ def test_verb_parsing_samples_large_runs():
     texts = [f"Write a poem about topic number {i}." for i in range(50)]
     assert verb_objects(texts[:3]) == [("write", "poem")] * 3
     assert len(verb_objects(texts, limit=20)) == 20
+
+
+def test_inspect_and_report_read_a_pipeline_filter_output(real_run, tmp_path):
+    out = tmp_path / "filtered"
+    r = run_cli("filter", str(real_run / "bootstrap" / "kept.jsonl"), "--out", str(out),
+                "--reference", "seed_tasks/seed_tasks.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = _inspect_json(str(out), "--no-verbs")
+    [stage] = summary["stages"]
+    rejected = _lines(out / "rejected.jsonl")
+    assert stage["stage"] == "filter" and stage["kept"] == len(_lines(out / "kept.jsonl"))
+    assert stage["rejected"] == len(rejected)
+    assert stage["rejected_by_reason"] == dict(Counter(x["reason"] for x in rejected))
+    assert summary["diversity"]["rouge_l_to_nearest_seed"]["max"] > 0  # the reference file is the seed set
+    report = run_cli("report", str(out))
+    assert report.returncode == 0 and (out / "report.html").read_text().count("<svg") >= 3
