@@ -85,7 +85,8 @@ def render_card(run: RunData) -> str:
         _table([(f"{s['stage']} kept", s["kept"]) for s in generated + [s for s in stages if s["stage"] == "filter"]]
                + [("rows exported", o["dataset_rows"])]
                + [(f"rejected, {k}", v) for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])]
-               + [("teacher tokens in / out", f"{o['prompt_tokens'] or 0:,} / {o['completion_tokens'] or 0:,}"),
+               + [("teacher tokens in / out", f"{o['prompt_tokens']:,} / {o['completion_tokens']:,}"
+                   if o["prompt_tokens"] is not None else "not known yet (the run had not finished)"),
                   ("cost (USD)", o["cost_usd"]), ("wall time (s)", o["wall_s"])]),
         "",
         "Every rejected candidate is kept beside the run, with its reason, in `<stage>/rejected.jsonl`; "

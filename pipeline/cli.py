@@ -10,6 +10,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -34,10 +35,10 @@ BaseUrlOpt = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compat
 
 def _fail(exc: Exception) -> None:
     if isinstance(exc, InputError):
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     if isinstance(exc, TeacherError):
-        console.print(f"[bold red]teacher error:[/] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[bold red]teacher error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     raise exc
 
@@ -88,14 +89,16 @@ def _write_report(run_dir: Path) -> None:
     from .card import write_card
     from .report import write_report
 
-    try:
-        path = write_report(run_dir)
-        if (run_dir / "dataset").is_dir():
-            write_card(run_dir)
-        console.print(f"report: {path}", highlight=False)
-    except Exception as e:  # noqa: BLE001 (the data is written; a report problem is only worth a warning)
-        console.print(f"[yellow]warning:[/] the report was not written ({type(e).__name__}: {e}); "
-                      f"try: pipeline report {run_dir}", highlight=False, soft_wrap=True)
+    jobs = [("dataset card", write_card)] if (run_dir / "dataset").is_dir() else []
+    for what, write in jobs + [("report", write_report)]:
+        try:
+            path = write(run_dir)
+        except Exception as e:  # noqa: BLE001 (the data is written; a report problem is only worth a warning)
+            console.print(f"[yellow]warning:[/] the {what} was not written ({type(e).__name__}: "
+                          f"{escape(str(e))}); try: pipeline report {run_dir}", highlight=False, soft_wrap=True)
+        else:
+            if what == "report":
+                console.print(f"report: {path}", highlight=False)
 
 
 class RunExits:
@@ -152,9 +155,12 @@ def _run(stages: Optional[list[str]], config, sets, out, teacher, model, base_ur
         if report and exits.budget_reached:
             _write_report(exits.run_dir)  # a budget stop is a clean end: the morning report still helps
         raise
-    _print_summary(manifest, exits.run_dir)
-    if report:
-        _write_report(exits.run_dir)
+    try:
+        _print_summary(manifest, exits.run_dir)
+        if report:
+            _write_report(exits.run_dir)
+    except KeyboardInterrupt:  # the run itself is complete
+        raise typer.Exit(130)
 
 
 @app.command()

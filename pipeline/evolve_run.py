@@ -125,8 +125,8 @@ def evolve_file(cfg: RunConfig, run_dir: Path, in_file: Path, records: list[Reco
 
     digest = hashlib.sha256(Path(in_file).read_bytes()).hexdigest()
 
-    def same_input(run: "Run") -> None:
-        old = run.manifest.get("input")
+    def same_input(manifest: dict) -> None:
+        old = manifest.get("input")
         if old and old.get("sha256") != digest and not force:
             raise InputError(str(in_file), f"differs from the input this run started with ({old.get('file')}); "
                              "resume with the same file, or pass --force", field="input")

@@ -15,6 +15,7 @@ from typing import Any, Optional
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import InputError
@@ -27,29 +28,30 @@ TEXT_CHARS = 400
 
 
 def _fmt(v: Any) -> str:
+    """A value for a rich table cell; text from the data is escaped (``[/INST]`` is text, not markup)."""
     if v is None:
         return "–"
     if isinstance(v, float):
         return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
     if isinstance(v, int) and not isinstance(v, bool):
         return f"{v:,}"
-    return str(v)
+    return escape(str(v))
 
 
 def _clip(text: Any, n: int = TEXT_CHARS) -> str:
     text = "" if text is None else str(text)
-    return text if len(text) <= n else text[:n] + " …"
+    return escape(text if len(text) <= n else text[:n] + " …")
 
 
 def _print_summary(s: dict[str, Any]) -> None:
     o = s["overview"]
-    out.print(f"[bold]run {o['run_id']}[/]  status [bold]{o['status']}[/]  teacher {_fmt(o['teacher_backend'])} / "
+    out.print(f"[bold]run {_fmt(o['run_id'])}[/]  status [bold]{o['status']}[/]  teacher {_fmt(o['teacher_backend'])} / "
               f"{_fmt(o['teacher_model'])}  sessions {o['sessions']}  wall {_fmt(o['wall_s'])} s", highlight=False)
     out.print(f"requests {_fmt(o['requests'])}  tokens in {_fmt(o['prompt_tokens'])} out "
               f"{_fmt(o['completion_tokens'])}  cost {_fmt(o['cost_usd'])}  dataset rows {_fmt(o['dataset_rows'])}",
               highlight=False)
     if o.get("stopped_because"):
-        out.print(f"[yellow]stopped because:[/] {o['stopped_because']}", highlight=False)
+        out.print(f"[yellow]stopped because:[/] {_fmt(o['stopped_because'])}", highlight=False)
     table = Table(title="stages")
     for col in ("stage", "kept", "rejected", "keep rate", "kept/min", "wall s", "requests*", "tokens in*",
                 "tokens out*", "finished"):
@@ -83,7 +85,7 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def _print_compare(rows: list[dict[str, Any]], a: str, b: str) -> None:
-    table = Table(title=f"{a} vs {b}")
+    table = Table(title=escape(f"{a} vs {b}"))
     table.add_column("figure")
     for col in (a, b, "delta"):
         table.add_column(col, justify="right")
@@ -136,15 +138,16 @@ def _isnan(v: Any) -> bool:
 
 
 def _print_records(rows: list[dict[str, Any]], total: int, title: str) -> None:
-    out.print(f"[bold]{title}[/]: showing {len(rows)} of {total}", highlight=False)
+    out.print(f"[bold]{escape(title)}[/]: showing {len(rows)} of {total}", highlight=False)
     for row in rows:
         table = Table(show_header=False, box=None, pad_edge=False)
         table.add_column("field", style="bold cyan", no_wrap=True)
         table.add_column("value", overflow="fold")
         for key, value in _record_view(row).items():
             if key == "details":
-                value = ", ".join(f"{k}={_clip(v, 200)}" for k, v in value.items())
-            table.add_row(key, _clip(value))
+                table.add_row(key, ", ".join(f"{escape(str(k))}={_clip(v, 200)}" for k, v in value.items()))
+            else:
+                table.add_row(key, _clip(value))
         out.rule()
         out.print(table)
 
@@ -200,7 +203,7 @@ def inspect_command(
         else:
             _print_summary(summary)
     except InputError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
 
 
@@ -220,6 +223,6 @@ def report_command(
         path = write_report(run_dir, out_path, sample=sample, seed=seed)
         card = write_card(run_dir) if (Path(run_dir) / "dataset").is_dir() else None
     except InputError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     err.print(f"report: {path}" + (f"\ndataset card: {card}" if card else ""), highlight=False)

@@ -91,8 +91,10 @@ class InstanceResult:
     stats: Counter = field(default_factory=Counter)
 
 
-def _chat(messages: list[dict[str, str]], decoding) -> ChatRequest:
-    return ChatRequest(messages=messages, decoding=decoding)
+def _chat(messages: list[dict[str, str]], decoding, instance: int = 0) -> ChatRequest:
+    """A request; the instance number keeps the k-th instance of a task from being the same request (and answer)
+    as the first (the first has no key, so its cache key is the plain request's)."""
+    return ChatRequest(messages=messages, decoding=decoding, sample_key=f"instance-{instance}" if instance else "")
 
 
 def classify(tasks: list[Record], teacher: Teacher, cfg: BootstrapConfig, stats: Counter) -> None:
@@ -124,25 +126,26 @@ def generate_instances(tasks: list[Record], teacher: Teacher, cfg: BootstrapConf
     for t, r in zip(ask, replies):
         labels[t.id] = parse_labels(r.text)
     # (task, label or None) drafts whose input is written by the teacher; the rest need no input.
-    drafts: list[tuple[Record, str | None, list[dict]]] = []
+    drafts: list[tuple[Record, str | None, list[dict], int]] = []
     for t in tasks:
         if t.is_classification:
             if not labels[t.id]:
                 res.rejected.append((t, "no_class_labels", {}))
                 continue
             for lab in labels[t.id][: cfg.max_instances_per_task]:
-                drafts.append((t, lab, render_messages("write_input_for_label", instruction=t.instruction, label=lab)))
+                drafts.append((t, lab, render_messages("write_input_for_label", instruction=t.instruction, label=lab),
+                               0))
         elif needs_input(t.instruction):
-            for _ in range(cfg.instances_per_task):
-                drafts.append((t, None, render_messages("write_input", instruction=t.instruction)))
+            for k in range(cfg.instances_per_task):
+                drafts.append((t, None, render_messages("write_input", instruction=t.instruction), k))
         else:
-            for _ in range(cfg.instances_per_task):
-                drafts.append((t, None, []))
+            for k in range(cfg.instances_per_task):
+                drafts.append((t, None, [], k))
 
-    written = teacher.generate([_chat(m, cfg.input_decoding) for _, _, m in drafts if m])
+    written = teacher.generate([_chat(m, cfg.input_decoding, k) for _, _, m, k in drafts if m])
     it = iter(written)
-    pending: list[tuple[Record, str | None, str]] = []
-    for t, lab, messages in drafts:
+    pending: list[tuple[Record, str | None, str, int]] = []
+    for t, lab, messages, k in drafts:
         inp = ""
         if messages:
             reply = next(it)
@@ -153,15 +156,15 @@ def generate_instances(tasks: list[Record], teacher: Teacher, cfg: BootstrapConf
             if not inp:
                 res.rejected.append((t, "empty_input", {"label": lab}))
                 continue
-        pending.append((t, lab, inp))
+        pending.append((t, lab, inp, k))
 
     # Input-first tasks are answered by the teacher; classification tasks take their label as the output.
-    to_answer = [(t, inp) for t, lab, inp in pending if lab is None]
+    to_answer = [(t, inp, k) for t, lab, inp, k in pending if lab is None]
     answers = teacher.generate([_chat([{"role": "user", "content": user_prompt(t.instruction, inp)}],
-                                      cfg.answer_decoding) for t, inp in to_answer])
+                                      cfg.answer_decoding, k) for t, inp, k in to_answer])
     answer_of = iter(answers)
     counters: Counter = Counter()
-    for t, lab, inp in pending:
+    for t, lab, inp, _ in pending:
         if lab is None:
             reply = next(answer_of)
             if reply.finish_reason == "length":

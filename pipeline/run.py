@@ -67,8 +67,10 @@ class Run:
         self.lock = RunLock(run_dir)
 
     @classmethod
-    def open(cls, cfg: RunConfig, run_dir: Path, config_path: str | None = None, force: bool = False) -> "Run":
-        """Start a new run in ``run_dir``, or resume the run it holds."""
+    def open(cls, cfg: RunConfig, run_dir: Path, config_path: str | None = None, force: bool = False,
+             check: Callable[[dict], None] | None = None) -> "Run":
+        """Start a new run in ``run_dir``, or resume the run it holds. ``check(manifest)`` may refuse to resume (by
+        raising) before anything is written."""
         check_output_dir(run_dir)
         manifest_path = run_dir / "manifest.json"
         resuming = manifest_path.exists()
@@ -84,6 +86,8 @@ class Run:
                 raise InputError(str(manifest_path), f"the config differs from the one this run started with "
                                  f"(fingerprint {old} != {cfg.fingerprint()}); resume with the same config, "
                                  "or pass --force", field="fingerprint")
+            if check is not None:
+                check(manifest)
             manifest["config"] = cfg.model_dump(mode="json")
             manifest["fingerprint"] = cfg.fingerprint()
         else:
@@ -221,7 +225,10 @@ def run_export(run: Run, progress: Progress = _no_progress) -> None:
                      files={"alpaca": "dataset/train.jsonl", "messages": "dataset/messages.jsonl"})
     from .card import write_card
 
-    write_card(run.dir)  # rewritten with the final figures by `pipeline report` at the end of the run
+    try:  # rewritten with the final figures at the end of `pipeline run`; a card problem never fails the export
+        write_card(run.dir)
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def _budget(cfg: RunConfig, model_name: str) -> Budget:
@@ -233,31 +240,24 @@ def _budget(cfg: RunConfig, model_name: str) -> Budget:
 
 @contextmanager
 def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *, force: bool = False,
-                need_teacher: bool = True, check: Callable[[Run], None] | None = None
+                need_teacher: bool = True, check: Callable[[dict], None] | None = None
                 ) -> Iterator[tuple[Run, CachedTeacher | None]]:
     """One session of work on a run directory: open (or resume) the run under its lock, put the request cache and
     the budget in front of the teacher, and on the way out, however the body ends, record the session's usage,
     what was spent and the status in the manifest, then release the teacher and the lock.
 
-    ``check(run)`` runs right after the run is opened; if it raises, the run is closed with its manifest untouched.
+    ``check(manifest)`` runs on the manifest of a run being resumed, before anything is written; if it raises, the
+    run directory is left as it was.
     A body that raises BudgetExhausted ends "budget_exhausted", KeyboardInterrupt "interrupted", anything else
     "failed" (with ``stopped_because``); the exception propagates to the CLI, which maps it to an exit code.
     """
     inner = make_teacher(cfg.teacher) if need_teacher else None
     try:
-        run = Run.open(cfg, run_dir, config_path, force=force)
+        run = Run.open(cfg, run_dir, config_path, force=force, check=check)
     except BaseException:
         if inner is not None:
             inner.close()
         raise
-    if check is not None:
-        try:
-            check(run)
-        except BaseException:
-            run.close()
-            if inner is not None:
-                inner.close()
-            raise
     budget = _budget(cfg, inner.model_name if inner else "")
     cache = RequestCache(run.dir / "cache.sqlite")
     teacher = CachedTeacher(inner, cache, budget) if inner is not None else None
@@ -303,7 +303,8 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
     seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
     with run_session(cfg, run_dir, config_path, force=force,
                      need_teacher=bool(TEACHER_STAGES & set(stages))) as (run, teacher):
-        run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds})}
+        run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
+                                 "paths": [str(cfg.resolve_path(p).resolve()) for p in cfg.seed_files]}
         for stage in stages:
             if run.is_done(stage):
                 continue

@@ -21,17 +21,33 @@ import pandas as pd
 
 from .config import PROJECT_ROOT
 from .errors import InputError
-from .runio import read_jsonl
 
 RECORD_STAGES = ("bootstrap", "evolve", "filter")  # the stages that write kept.jsonl / rejected.jsonl
 
 
 def count_lines(path: Path) -> int:
-    """Records in a JSONL file: non-empty lines (0 when the file does not exist)."""
+    """Records in a JSONL file: complete, non-empty lines (0 when the file does not exist). A last line without its
+    newline is a record still being written, or torn by a kill; resuming drops it, so it is not counted."""
     if not path.exists():
         return 0
     with open(path, "rb") as fh:
-        return sum(1 for line in fh if line.strip())
+        return sum(1 for line in fh if line.endswith(b"\n") and line.strip())
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """The complete records of a JSONL file, skipping a torn last line as ``count_lines`` does."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise InputError(str(path), f"invalid JSON ({e.msg})", line=number) from None
+    return rows
 
 
 @dataclass
@@ -92,8 +108,7 @@ class RunData:
         return count_lines(self.path(stage, kind))
 
     def rows(self, stage: str, kind: str) -> list[dict[str, Any]]:
-        path = self.path(stage, kind)
-        return list(read_jsonl(path)) if path.exists() else []
+        return read_records(self.path(stage, kind))
 
     def frame(self, stage: str, kind: str) -> pd.DataFrame:
         return records_frame(self.rows(stage, kind), stage)
@@ -116,7 +131,8 @@ class RunData:
 
     def seed_files(self) -> list[Path]:
         """The seed (or evolve input) files the run started from, where they can still be found."""
-        names = list(self.manifest.get("seeds", {}).get("files", []))
+        seeds = self.manifest.get("seeds", {})
+        names = list(seeds.get("paths") or seeds.get("files", []))  # absolute paths when the run recorded them
         if "input" in self.manifest and self.manifest["input"].get("file"):
             names.append(self.manifest["input"]["file"])
         found = []

@@ -10,12 +10,10 @@ import pandas as pd
 
 from .errors import InputError
 from .rundata import RECORD_STAGES, RunData, records_frame
-from .runio import read_jsonl
 
 
 def reason_counts(run: RunData, stage: str) -> Counter:
-    path = run.path(stage, "rejected")
-    return Counter(row.get("reason", "?") for row in read_jsonl(path)) if path.exists() else Counter()
+    return Counter(row.get("reason", "?") for row in run.rows(stage, "rejected"))
 
 
 def stage_rows(run: RunData) -> list[dict[str, Any]]:
@@ -39,7 +37,10 @@ def stage_rows(run: RunData) -> list[dict[str, Any]]:
             "rejected_by_reason": dict(reasons.most_common()),
             "keep_rate": round(kept / seen, 4) if seen else None,
             "wall_s": wall,
-            "kept_per_min": round(kept / (wall / 60), 2) if wall and stage in ("bootstrap", "evolve") else None,
+            # Per minute of work: only for a run made in one session (a resumed stage's wall time is its last
+            # session's, often a fast replay from the cache).
+            "kept_per_min": (round(kept / (wall / 60), 2) if wall and stage in ("bootstrap", "evolve")
+                             and len(run.manifest.get("sessions", [])) <= 1 else None),
             "requests": usage.get("requests"), "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"), "retries": usage.get("retries"),
             "done": run.flat or (run.dir / stage / ".done").exists(),

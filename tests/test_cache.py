@@ -74,3 +74,23 @@ def test_cost_is_unknown_without_a_price_and_counted_with_one(teacher, tmp_path)
     priced = describe_spent(spent, Budget(price=(0.5, 1.5)))
     assert priced["cost_usd"] == pytest.approx((spent.prompt_tokens * 0.5 + spent.completion_tokens * 1.5) / 1e6)
     assert spent.requests == 1 and spent.prompt_tokens > 0 and spent.completion_tokens > 0
+
+
+def test_identical_requests_in_one_batch_are_sent_once(teacher, tmp_path):
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    seen: list[int] = []
+    cached = CachedTeacher(_Shared(teacher), cache, Budget(max_requests=1))
+    same = _requests()[:1] * 3
+    out = cached.generate(same, on_result=lambda i, c: seen.append(i))
+    assert len({c.text for c in out}) == 1 and sorted(seen) == [0, 1, 2]
+    assert cached.usage.requests == 1 and cache.spent().requests == 1  # paid once, counted once, within budget
+
+
+def test_the_instances_of_one_task_are_different_requests():
+    from pipeline.instances import _chat
+
+    messages = [{"role": "user", "content": "Write an input for: Summarize the text."}]
+    keys = {_chat(messages, SHORT, k).key("llamacpp", "m") for k in range(3)}
+    assert len(keys) == 3
+    # The first instance keeps the plain request's key, so caches of earlier runs still answer it.
+    assert _chat(messages, SHORT, 0).key("llamacpp", "m") == ChatRequest(messages, SHORT).key("llamacpp", "m")

@@ -431,9 +431,11 @@ def test_real_embedded_evolve_run_writes_lineage_and_stats(tmp_path):
     # Another input file in the same run directory is refused.
     other = tmp_path / "other.jsonl"
     other.write_text('{"instruction": "Name a planet.", "output": "Mars"}\n')
+    manifest_before = (run / "manifest.json").read_bytes()
     r = run_cli("evolve", str(other), "--out", str(run), "--rounds", "1", "--max-items", "3",
                 *SMALL)
     assert r.returncode == 2 and "differs from the input" in r.stderr
+    assert (run / "manifest.json").read_bytes() == manifest_before  # refused before anything was written
 
 
 def test_evolve_bad_input_exits_2_naming_the_file(tmp_path):

@@ -227,3 +227,31 @@ def test_inspect_and_report_read_a_pipeline_filter_output(real_run, tmp_path):
     assert summary["diversity"]["rouge_l_to_nearest_seed"]["max"] > 0  # the reference file is the seed set
     report = run_cli("report", str(out))
     assert report.returncode == 0 and (out / "report.html").read_text().count("<svg") >= 3
+
+
+def test_record_text_is_shown_as_text_not_markup(tmp_path):
+    rows = [{"instruction": "Explain what the [/INST] tag marks in a chat prompt.", "input": "",
+             "output": "It ends the user turn: [/INST] comes before the answer, and arr[i] = arr[j] stays as is."},
+            {"instruction": "Name three [bold]primary colours[/bold] for a child.", "input": "",
+             "output": "Red, yellow and blue are the three primary colours of paint."}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "filtered"
+    assert run_cli("filter", str(src), "--out", str(out)).returncode == 0
+    r = run_cli("inspect", str(out), "--kept", "--sample", "5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = " ".join(r.stdout.split())
+    assert "[/INST] comes before" in text and "arr[i] = arr[j]" in text and "[bold]primary" in text
+
+
+def test_a_torn_last_line_is_not_counted(real_run, tmp_path):
+    """A run killed while writing (or still running) ends in half a line: inspect skips it, as resuming does."""
+    run = tmp_path / "torn"
+    shutil.copytree(real_run, run)
+    kept = run / "bootstrap" / "kept.jsonl"
+    complete = len(_lines(kept))
+    with open(kept, "a") as fh:
+        fh.write('{"id": "bs-999999-0", "instruction": "half a rec')
+    summary = _inspect_json(str(run), "--no-verbs")
+    assert {s["stage"]: s for s in summary["stages"]}["bootstrap"]["kept"] == complete
+    assert run_cli("report", str(run)).returncode == 0

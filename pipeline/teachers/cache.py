@@ -98,7 +98,13 @@ class CachedTeacher:
                 self.usage.cache_hits += 1
                 if on_result:
                     on_result(i, c)
-        missing = [i for i, c in enumerate(results) if c is None]
+        # Identical requests in one batch are sent once and the answer shared: each paid completion is one cache
+        # row, so what the budget and the manifest count is what was paid for.
+        waiting: dict[str, list[int]] = {}
+        for i, c in enumerate(results):
+            if c is None:
+                waiting.setdefault(keys[i], []).append(i)
+        missing = [idx[0] for idx in waiting.values()]
         if missing:
             spent = self.cache.spent()
             reason = self.budget.exceeded(spent)
@@ -111,11 +117,12 @@ class CachedTeacher:
             missing = missing[:allowed] if allowed is not None else missing
 
             def store(j: int, c: Completion) -> None:
-                i = missing[j]
-                self.cache.put(keys[i], c)
-                results[i] = c
-                if on_result:
-                    on_result(i, c)
+                key = keys[missing[j]]
+                self.cache.put(key, c)
+                for i in waiting[key]:
+                    results[i] = c
+                    if on_result:
+                        on_result(i, c)
 
             before = self.inner.usage.retries
             self.inner.generate([requests[i] for i in missing], on_result=store)
