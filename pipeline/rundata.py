@@ -21,6 +21,7 @@ import pandas as pd
 
 from .config import PROJECT_ROOT
 from .errors import InputError
+from .runio import read_jsonl
 
 RECORD_STAGES = ("bootstrap", "evolve", "filter")  # the stages that write kept.jsonl / rejected.jsonl
 
@@ -32,22 +33,6 @@ def count_lines(path: Path) -> int:
         return 0
     with open(path, "rb") as fh:
         return sum(1 for line in fh if line.endswith(b"\n") and line.strip())
-
-
-def read_records(path: Path) -> list[dict[str, Any]]:
-    """The complete records of a JSONL file, skipping a torn last line as ``count_lines`` does."""
-    if not path.exists():
-        return []
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.endswith("\n") or not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise InputError(str(path), f"invalid JSON ({e.msg})", line=number) from None
-    return rows
 
 
 @dataclass
@@ -108,7 +93,8 @@ class RunData:
         return count_lines(self.path(stage, kind))
 
     def rows(self, stage: str, kind: str) -> list[dict[str, Any]]:
-        return read_records(self.path(stage, kind))
+        path = self.path(stage, kind)
+        return list(read_jsonl(path, complete_only=True)) if path.exists() else []
 
     def frame(self, stage: str, kind: str) -> pd.DataFrame:
         return records_frame(self.rows(stage, kind), stage)

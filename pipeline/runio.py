@@ -109,9 +109,14 @@ class RunLock:
             self._fh = None
 
 
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+def read_jsonl(path: Path, complete_only: bool = False) -> Iterator[dict[str, Any]]:
+    """The rows of a JSONL file; a line that is not JSON is an InputError naming the file and line.
+    ``complete_only`` skips a last line without its newline (torn by a kill, or still being written), which a
+    resumed run drops (``drop_torn_tail``): readers of a run that may be live or killed use it."""
     with open(path, encoding="utf-8") as fh:
         for number, line in enumerate(fh, start=1):
+            if complete_only and not line.endswith("\n"):
+                continue
             if line.strip():
                 try:
                     yield json.loads(line)
