@@ -3,19 +3,29 @@ side files). Each function takes plain figures and returns an ``<svg>`` string, 
 draw, so the report can say so instead."""
 from __future__ import annotations
 
+import functools
 import io
 import math
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                     "axes.spines.right": False, "figure.dpi": 96})
+# The report's style, applied per chart (no change to matplotlib's global settings, which tune's loss plot uses).
+STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False,
+         "figure.dpi": 96}
 PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f",
            "#bab0ac"]
+
+
+def _styled(chart: Callable[..., str | None]) -> Callable[..., str | None]:
+    @functools.wraps(chart)
+    def draw(*args, **kwargs) -> str | None:
+        with plt.rc_context(STYLE):
+            return chart(*args, **kwargs)
+    return draw
 
 
 def _svg(fig) -> str:
@@ -26,6 +36,7 @@ def _svg(fig) -> str:
     return text[text.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
 
 
+@_styled
 def verb_sunburst(top: list[tuple[str, int, list[tuple[str, int]]]], title: str) -> str | None:
     """Inner ring: the most common verbs; outer ring: each verb's most common direct objects."""
     if not top:
@@ -58,6 +69,7 @@ def verb_sunburst(top: list[tuple[str, int, list[tuple[str, int]]]], title: str)
     return _svg(fig)
 
 
+@_styled
 def histograms(series: dict[str, list[float]], title: str, xlabel: str, bins: int = 30,
                log: bool = False) -> str | None:
     """One small histogram per named series (lengths of instructions, inputs, outputs ...)."""
@@ -75,6 +87,7 @@ def histograms(series: dict[str, list[float]], title: str, xlabel: str, bins: in
     return _svg(fig)
 
 
+@_styled
 def similarity_histogram(scores: list[float], threshold: float, title: str) -> str | None:
     if not scores:
         return None
@@ -89,6 +102,7 @@ def similarity_histogram(scores: list[float], threshold: float, title: str) -> s
     return _svg(fig)
 
 
+@_styled
 def reason_bars(stages: list[dict[str, Any]], title: str) -> str | None:
     """Rejections by reason, one bar per reason, stacked by stage."""
     reasons: dict[str, dict[str, int]] = {}
@@ -113,6 +127,7 @@ def reason_bars(stages: list[dict[str, Any]], title: str) -> str | None:
     return _svg(fig)
 
 
+@_styled
 def evolve_bars(stats: dict[str, Any] | None) -> str | None:
     """Evolve pass rate per round and per operation, with the mean growth in words of the passes."""
     if not stats or not stats.get("rounds"):
