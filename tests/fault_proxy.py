@@ -14,6 +14,19 @@ import urllib.request
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+def send_json(handler: BaseHTTPRequestHandler, code: int, body: bytes, headers: dict | None = None,
+              send_len: int | None = None) -> None:
+    """Answer with a JSON body; ``send_len`` sends only that many bytes of it (a truncated body)."""
+    handler.send_response(code)
+    handler.send_header("content-type", "application/json")
+    handler.send_header("content-length", str(len(body)))
+    for k, v in (headers or {}).items():
+        handler.send_header(k, v)
+    handler.end_headers()
+    handler.wfile.write(body[: send_len if send_len is not None else len(body)])
+    handler.wfile.flush()
+
+
 FAULTS = ["http_429", "http_500", "http_503", "reset", "timeout", "truncated", "invalid_json"]
 
 
@@ -44,14 +57,7 @@ class FaultProxy:
                 self._forward(self.rfile.read(int(self.headers.get("content-length", 0))))
 
             def _reply(self, code: int, body: bytes, headers: dict | None = None, send_len: int | None = None):
-                self.send_response(code)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body[: send_len if send_len is not None else len(body)])
-                self.wfile.flush()
+                send_json(self, code, body, headers, send_len)
 
             def _forward(self, body: bytes | None):
                 fault = proxy._draw() if self.command == "POST" else None

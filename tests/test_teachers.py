@@ -9,6 +9,7 @@ from pipeline.config import Decoding, TeacherConfig
 from pipeline.errors import InputError, TeacherError
 from pipeline.teachers import ChatRequest, make_teacher
 from tests.conftest import run_cli
+from tests.fault_proxy import send_json
 
 GREEDY = Decoding(temperature=0.0, top_p=1.0, max_tokens=24)
 ASK = ChatRequest([{"role": "user", "content": "What is the capital of France? Answer in one word."}], GREEDY)
@@ -58,14 +59,7 @@ class _Flaky(BaseHTTPRequestHandler):
                              "usage": {"prompt_tokens": 7, "completion_tokens": 1, "total_tokens": 8}})
 
     def _send(self, code, body, headers=None):
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(data)
+        send_json(self, code, json.dumps(body).encode(), headers)
 
     def log_message(self, *args):
         pass
