@@ -37,7 +37,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SEED_FILES = [ROOT / "seed_tasks" / "seed_tasks.jsonl", Path("/work/shared/reference/self_instruct_seed_tasks.jsonl")]
+SEED_FILES = [ROOT / "seed_tasks" / "seed_tasks.jsonl",  # ours, and the published ones in ../shared beside the checkout
+              ROOT.parent / "shared" / "reference" / "self_instruct_seed_tasks.jsonl"]
 
 # Word lists for the synthetic stream (written for this benchmark).
 VERBS = """write explain describe list summarize classify translate generate suggest compare rewrite identify create

@@ -18,7 +18,7 @@ order. Measured around ``trainer.train()`` only (model loading and dataset prepa
   fp32 training uses the fp32 non-tensor peak (H100/H200 67, A100 19.5). ``--peak-tflops`` overrides.
 
 The data: a run directory or dataset file (``--dataset``), by default the project's seed tasks exported as a
-dataset (``seed_tasks/seed_tasks.jsonl`` through ``pipeline.seeds`` and ``pipeline.export``). The plain script reads
+dataset (``seed_tasks/seed_tasks.jsonl`` through ``pipeline.io.readers`` and ``pipeline.stages.export``). The plain script reads
 ``messages.jsonl`` with ``datasets``, turns each row into prompt/completion, and builds SFTConfig/LoraConfig with
 the same settings we use; its only additions are ``use_cpu``/``bf16`` for the device and the token counter.
 """
@@ -47,8 +47,8 @@ PEAK_TFLOPS = {  # dense, no sparsity: (bf16/fp16 tensor core, fp32 non-tensor)
 
 
 def build_seed_dataset(dest: Path) -> Path:
-    from pipeline.export import to_alpaca, to_messages
-    from pipeline.seeds import load_seed_file
+    from pipeline.io.readers import load_seed_file
+    from pipeline.stages.export import to_alpaca, to_messages
 
     records = load_seed_file(ROOT / "seed_tasks" / "seed_tasks.jsonl")
     dest.mkdir(parents=True, exist_ok=True)
@@ -62,7 +62,8 @@ def build_seed_dataset(dest: Path) -> Path:
 
 def _messages_file(dataset: Path, workdir: Path) -> Path:
     """Both contenders read the same messages.jsonl (an Alpaca file is converted once, here)."""
-    from pipeline.tune import load_examples, resolve_dataset
+    from pipeline.runs.read import resolve_dataset
+    from pipeline.train.tune import load_examples
 
     path = resolve_dataset(dataset)
     examples, _ = load_examples(path)
@@ -82,7 +83,7 @@ def _peak_rss_mib() -> float:
 
 def worker_ours(a: argparse.Namespace) -> dict:
     from pipeline.config import TuneConfig
-    from pipeline.tune import train
+    from pipeline.train.tune import train
 
     cfg = TuneConfig(base_model=a.base_model, max_steps=a.steps, batch_size=a.batch_size, grad_accum=a.grad_accum,
                      max_length=a.max_length, learning_rate=a.lr, lora_r=a.lora_r, lora_alpha=2 * a.lora_r,
@@ -201,7 +202,7 @@ def main() -> None:
         run_worker(a)
         return
 
-    from pipeline.tune import resolve_base_model
+    from pipeline.train.model import resolve_base_model
 
     base = resolve_base_model(a.base_model)  # convert the GGUF once, before timing anything
     with tempfile.TemporaryDirectory(prefix="tune-bench-") as tmp:

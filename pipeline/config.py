@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import tomllib
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import InputError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The packages whose versions a run (and a tuned adapter) records: what shaped the result.
+PACKAGES = ["instruct-pipeline", "llama-cpp-python", "openai", "rouge-score", "rapidfuzz", "datasketch", "pydantic",
+            "transformers", "peft", "trl", "torch", "vllm"]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
 
 
 class _Section(BaseModel):
@@ -91,7 +105,7 @@ class FilterConfig(_Section):
     ]
     reject_non_ascii_start: bool = True
     max_instances_per_task: int = Field(5, ge=1)
-    # --- filter engine (pipeline filter / pipeline.filtering) ---
+    # --- filter engine (pipeline filter / pipeline.filters.chain) ---
     # Instance rules: refusals ("I'm sorry, but I cannot ...") and AI boilerplate ("As an AI language model").
     reject_refusals: bool = True
     # Degenerate repetition in outputs: reject when the most frequent word n-gram occurs at least
@@ -208,7 +222,7 @@ class EvolveConfig(_Section):
     # teacher that answers the prompt instead of rewriting it. 0 = off.
     min_parent_overlap: float = Field(0.3, ge=0.0, le=1.0)
     sorry_max_words: int = Field(80, ge=0)  # an answer with "sorry" and fewer words than this fails
-    extra_leak_phrases: list[str] = []  # added to pipeline.evolve.LEAK_PHRASES
+    extra_leak_phrases: list[str] = []  # added to pipeline.stages.evolve.LEAK_PHRASES
     # The teacher's Equal / Not Equal judgment (prompts/evolve_equal.j2): on for strong teachers.
     judge_equal: bool = False
     rewrite_decoding: Decoding = Decoding(temperature=0.7, top_p=0.9, max_tokens=200)

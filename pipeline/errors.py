@@ -1,4 +1,4 @@
-"""Errors the CLI turns into a one-line message and exit code 2 (bad input) or 1 (run failure)."""
+"""Errors the CLI turns into a one-line message and an exit code: 2 (bad input), 1 (teacher failure), 4 (run locked)."""
 from __future__ import annotations
 
 
@@ -17,3 +17,7 @@ class InputError(Exception):
 
 class TeacherError(Exception):
     """The teacher could not answer after bounded retries (down, misconfigured, unreachable)."""
+
+
+class RunLocked(Exception):
+    """Another live process is working on this run directory."""

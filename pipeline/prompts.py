@@ -1,7 +1,6 @@
-"""Prompt templates live in ``prompts/`` as jinja2 files; each has a version (a hash of its text)."""
+"""Prompt templates live in ``prompts/`` as jinja2 files."""
 from __future__ import annotations
 
-import hashlib
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +33,3 @@ def render_messages(name: str, directory: Path = PROMPTS_DIR, **variables) -> li
     if len(parts) == 1:
         return [{"role": "user", "content": text}]
     return [{"role": role, "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])]
-
-
-def template_version(name: str, directory: Path = PROMPTS_DIR) -> str:
-    return hashlib.sha256((directory / f"{name}.j2").read_bytes()).hexdigest()[:12]

@@ -11,9 +11,8 @@ Reason codes (stable, used in rejected.jsonl and stats):
   task:        conflicting_outputs, duplicate_instance, too_many_instances
   file:        exact_duplicate
 
-``check_instance(rec)`` without a config and ``check_task_instances(instances, n)`` keep the behaviour the
-bootstrap stage relies on; passing a ``FilterConfig`` (``check_instance(rec, cfg)``) adds the configurable rules
-(the split refusal / AI-boilerplate phrases and repeated n-grams).
+One set of rules serves every stage: the bootstrap stage checks each new instance with ``check_instance(rec, cfg)``
+and the filter chain re-checks everything with the same call, so whatever bootstrap keeps, the filter stage keeps.
 """
 from __future__ import annotations
 
@@ -34,13 +33,7 @@ _NO_SPACE_CHAR = re.compile("[\u0e00-\u0eff\u1000-\u109f\u1780-\u17ff\u3040-\u30
                             "\uf900-\ufaff\U00020000-\U0002fa1f]")
 _APOS = "['\u2019]"
 
-# The bootstrap stage's refusal rule (check_instance without a config).
-_REFUSAL = re.compile(
-    r"\b(as an ai( language model)?|i('m| am) (sorry|unable|not able)|i cannot (help|assist|provide)|"
-    r"i can't (help|assist|provide)|my apologies|i do not have (access|the ability))\b",
-    re.IGNORECASE,
-)
-# Configurable rules: refusals ...
+# Refusals ...
 _REFUSAL_PHRASES = re.compile(
     rf"\b(i{_APOS}m (sorry|afraid|unable|not able)|i am (sorry|afraid|unable|not able)|my apologies|"
     rf"i apologi[sz]e,? but|"
@@ -191,24 +184,13 @@ INSTANCE_RULES: list[tuple[str, Callable[[str, str, FilterConfig], Verdict]]] = 
 ]
 
 
-def check_instance(rec: Record, cfg: FilterConfig | None = None) -> Verdict:
-    """Rules for one generated (input, output) pair. Without ``cfg``: the bootstrap stage's fixed rules."""
+def check_instance(rec: Record, cfg: FilterConfig) -> Verdict:
+    """The instance rules (``INSTANCE_RULES``, in order) for one generated (input, output) pair."""
     inp, out = rec.input.strip(), rec.output.strip()
-    if cfg is not None:
-        for _, rule in INSTANCE_RULES:
-            verdict = rule(inp, out, cfg)
-            if verdict is not None:
-                return verdict
-        return None
-    if not out:
-        return "empty_output", {}
-    if inp and inp == out:
-        return "input_equals_output", {}
-    if inp.endswith(":") or out.endswith(":"):
-        return "ends_with_colon", {"field": "input" if inp.endswith(":") else "output"}
-    m = _REFUSAL.search(out)
-    if m:
-        return "refusal", {"phrase": m.group(0)}
+    for _, rule in INSTANCE_RULES:
+        verdict = rule(inp, out, cfg)
+        if verdict is not None:
+            return verdict
     return None
 
 

@@ -181,10 +181,6 @@ class NoveltyIndex:
         self._last = enc = _Encoded(text, "".join(map(chr, ids)), len(ids), elements)
         return enc
 
-    @property
-    def minhash_active(self) -> bool:
-        return self._lsh is not None
-
     def _maybe_switch(self) -> None:
         if self._lsh is None and self.minhash_above is not None and len(self) > self.minhash_above:
             self._switch_to_minhash()

@@ -228,9 +228,14 @@ def min_lcs_row(a: int, max_b: int, threshold: float) -> np.ndarray:
     return row
 
 
+def lcs(a: tuple[str, ...] | list[str], b: tuple[str, ...] | list[str]) -> int:
+    """Length of the longest common subsequence of two token lists."""
+    vocab = Vocab()
+    return int(LCSseq.similarity(vocab.encode(a), vocab.encode(b)))
+
+
 def rouge_l(pred: str, ref: str, tokenizer: Tokenizer | None = None) -> float:
     """ROUGE-L F of two texts, as ``RougeScorer(["rougeL"]).score(target=ref, prediction=pred)``'s fmeasure."""
     tok = tokenizer or Tokenizer()
     a, b = tok.tokenize(pred), tok.tokenize(ref)
-    vocab = Vocab()
-    return f_from_lcs(int(LCSseq.similarity(vocab.encode(a), vocab.encode(b))), len(a), len(b))
+    return f_from_lcs(lcs(a, b), len(a), len(b))

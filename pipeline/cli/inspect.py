@@ -1,0 +1,205 @@
+"""``pipeline inspect RUN_DIR [RUN_B]``: the morning-after look at a run.
+
+inspect prints rich tables (or JSON with --json): per stage kept and rejected by reason, tokens, cost, time and
+rates, and the diversity of the kept instructions; with --rejected/--kept/--query it shows records instead; with a
+second run directory it compares the two.
+"""
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import InputError
+from ..report.summary import compare, summarize
+from ..runs.read import RunData, records_frame
+from .common import fail
+
+# Tables and records go to stdout, so they can be piped; piped output gets room for the wide tables.
+out = Console() if sys.stdout.isatty() else Console(width=160)
+TEXT_CHARS = 400
+
+
+def _fmt(v: Any) -> str:
+    """A value for a rich table cell; text from the data is escaped (``[/INST]`` is text, not markup)."""
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 10 else f"{v:,.1f}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return escape(str(v))
+
+
+def _clip(text: Any, n: int = TEXT_CHARS) -> str:
+    text = "" if text is None else str(text)
+    return escape(text if len(text) <= n else text[:n] + " …")
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    o = s["overview"]
+    out.print(f"[bold]run {_fmt(o['run_id'])}[/]  status [bold]{o['status']}[/]  teacher {_fmt(o['teacher_backend'])} / "
+              f"{_fmt(o['teacher_model'])}  sessions {o['sessions']}  wall {_fmt(o['wall_s'])} s", highlight=False)
+    out.print(f"requests {_fmt(o['requests'])}  tokens in {_fmt(o['prompt_tokens'])} out "
+              f"{_fmt(o['completion_tokens'])}  cost {_fmt(o['cost_usd'])}  dataset rows {_fmt(o['dataset_rows'])}",
+              highlight=False)
+    if o.get("stopped_because"):
+        out.print(f"[yellow]stopped because:[/] {_fmt(o['stopped_because'])}", highlight=False)
+    table = Table(title="stages")
+    for col in ("stage", "kept", "rejected", "keep rate", "kept/min", "wall s", "requests*", "tokens in*",
+                "tokens out*", "finished"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    for row in s["stages"]:
+        rate = f"{100 * row['keep_rate']:.1f}%" if row["keep_rate"] is not None else "–"
+        table.add_row(row["stage"], _fmt(row["kept"]), _fmt(row["rejected"]), rate, _fmt(row["kept_per_min"]),
+                      _fmt(row["wall_s"]), _fmt(row["requests"]), _fmt(row["prompt_tokens"]),
+                      _fmt(row["completion_tokens"]), "yes" if row["done"] else "no")
+    out.print(table)
+    out.print("* sent by the session that finished the stage; the run's totals are above", style="dim")
+    reasons = Table(title="rejected by reason")
+    for col in ("stage", "reason", "count", "share of stage"):
+        reasons.add_column(col, justify="right" if col in ("count", "share of stage") else "left")
+    for row in s["stages"]:
+        for reason, n in row["rejected_by_reason"].items():
+            reasons.add_row(row["stage"], reason, _fmt(n), f"{100 * n / max(row['rejected'], 1):.1f}%")
+    if reasons.row_count:
+        out.print(reasons)
+    d = s["diversity"]
+    div = Table(title=f"diversity of the kept records ({s['final_stage'] or 'none'})")
+    div.add_column("figure")
+    div.add_column("value", justify="right")
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(f"{w} {n}" for w, n in value)
+        div.add_row(key, _fmt(value))
+    out.print(div)
+
+
+def _print_compare(rows: list[dict[str, Any]], a: str, b: str) -> None:
+    table = Table(title=escape(f"{a} vs {b}"))
+    table.add_column("figure")
+    for col in (a, b, "delta"):
+        table.add_column(col, justify="right")
+    for row in rows:
+        delta = row["delta"]
+        style = "" if not delta else ("green" if delta > 0 else "red")
+        table.add_row(row["figure"], _fmt(row["a"]), _fmt(row["b"]),
+                      f"[{style}]{delta:+,}[/]" if delta else _fmt(delta))
+    out.print(table)
+
+
+def _select(run: RunData, stage: Optional[str], rejected: Optional[str]) -> pd.DataFrame:
+    """The records to show: the rejected ones of a reason ("all" for every reason), else the kept ones."""
+    if rejected is not None:
+        stages = [stage] if stage else run.record_stages()
+        df = records_frame([row for s in stages for row in run.rows(s, "rejected")], stage or "")
+        if rejected != "all":
+            known = sorted(set(df["reason"])) if len(df) else []
+            if rejected not in known:
+                raise InputError("--rejected", f"no rejected records with reason {rejected!r}; reasons in this run: "
+                                 + (", ".join(known) or "none"))
+            df = df[df["reason"] == rejected]
+        return df
+    if stage:
+        if not run.path(stage, "kept").exists():
+            raise InputError("--stage", f"no kept records for stage {stage!r}; stages with records: "
+                             + ", ".join(run.record_stages()))
+        return run.frame(stage, "kept")
+    return records_frame(run.final_rows(), run.final_stage() or "")
+
+
+def _query(df: pd.DataFrame, expr: str) -> pd.DataFrame:
+    if not len(df):
+        return df
+    try:
+        return df.query(expr, engine="python")
+    except Exception as e:  # a user's pandas expression: any error is bad input, reported in one line
+        raise InputError("--query", f"{type(e).__name__}: {e}; columns: {', '.join(map(str, df.columns))}") \
+            from None
+
+
+def _record_view(row: dict[str, Any]) -> dict[str, Any]:
+    keep = ["id", "stage", "source", "reason", "instruction", "input", "output", "is_classification",
+            "nearest_instruction", "rouge_l", "parent_id", "root_id", "round", "operation", "details"]
+    return {k: row[k] for k in keep if k in row and row[k] not in (None, "", {}) and not _isnan(row[k])}
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and v != v
+
+
+def _print_records(rows: list[dict[str, Any]], total: int, title: str) -> None:
+    out.print(f"[bold]{escape(title)}[/]: showing {len(rows)} of {total}", highlight=False)
+    for row in rows:
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column("field", style="bold cyan", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for key, value in _record_view(row).items():
+            if key == "details":
+                table.add_row(key, ", ".join(f"{escape(str(k))}={_clip(v, 200)}" for k, v in value.items()))
+            else:
+                table.add_row(key, _clip(value))
+        out.rule()
+        out.print(table)
+
+
+def inspect_command(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR [RUN_B]",
+                                          help="A run directory; with two, compare them."),
+    rejected: Optional[str] = typer.Option(None, "--rejected", metavar="REASON",
+                                           help="Show rejected records of this reason ('all' for every reason)."),
+    kept: bool = typer.Option(False, "--kept", help="Show kept records (the dataset's, or --stage's)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Limit records to one stage (bootstrap, evolve, "
+                                        "filter)."),
+    query: Optional[str] = typer.Option(None, "--query", metavar="EXPR",
+                                        help="Filter records with a pandas expression, e.g. "
+                                        "\"output_words < 5 and source == 'bootstrap'\"."),
+    sample: int = typer.Option(5, "--sample", "-n", min=0, help="How many records to show (random, seeded)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random sample."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+    verbs: bool = typer.Option(True, "--verbs/--no-verbs", help="Parse verbs for the diversity figures."),
+) -> None:
+    """Summarize a run: kept and rejected per stage and reason, tokens, cost, time, diversity; browse records."""
+    try:
+        if len(run_dirs) > 2:
+            raise InputError(str(run_dirs[2]), "inspect takes one run directory, or two to compare")
+        runs = [RunData.open(d) for d in run_dirs]
+        if len(runs) == 2:
+            a, b = (summarize(r, parse_verbs=verbs) for r in runs)
+            rows = compare(a, b)
+            if as_json:
+                typer.echo(json.dumps({"a": a, "b": b, "compare": rows}, indent=2, default=str))
+            else:
+                _print_compare(rows, runs[0].run_id, runs[1].run_id)
+            return
+        run = runs[0]
+        if rejected is not None or kept or query:
+            df = _select(run, stage, rejected)
+            if query:
+                df = _query(df, query)
+            rows = df.to_dict(orient="records")
+            shown = random.Random(seed).sample(rows, min(sample, len(rows))) if len(rows) > sample else rows
+            title = f"rejected: {rejected}" if rejected is not None else f"kept ({stage or run.final_stage()})"
+            if as_json:
+                typer.echo(json.dumps({"total": len(rows), "shown": len(shown),
+                                       "records": [_record_view(r) for r in shown]}, indent=2, default=str))
+            else:
+                _print_records(shown, len(rows), title + (f", query {query}" if query else ""))
+            return
+        summary = summarize(run, parse_verbs=verbs)
+        if as_json:
+            typer.echo(json.dumps(summary, indent=2, default=str))
+        else:
+            _print_summary(summary)
+    except InputError as e:
+        fail(e)

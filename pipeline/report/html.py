@@ -1,0 +1,111 @@
+"""``pipeline report RUN_DIR``: one self-contained HTML file (inline SVG charts and CSS, no scripts, nothing
+fetched) that shows what a run kept, what it rejected and why, and how diverse the kept instructions are."""
+from __future__ import annotations
+
+import random
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from ..io.files import write_text_atomic
+from ..runs.read import RunData, records_frame
+from . import plots
+from .summary import diversity, evolve_stats, overview, seed_similarity, stage_rows
+from .verbs import first_words, parser_name, top_pairs, verb_objects
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # pipeline/templates, the package data
+SAMPLE_TEXT_CHARS = 600
+
+
+def _clip(text: str, n: int = SAMPLE_TEXT_CHARS) -> str:
+    text = text or ""
+    return text if len(text) <= n else text[:n].rstrip() + " …"
+
+
+def _sample(rows: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    rows = list(rows)
+    if len(rows) > n:
+        rows = random.Random(seed).sample(rows, n)
+    return rows
+
+
+def _rejected_samples(run: RunData, per_reason: int, seed: int) -> list[dict[str, Any]]:
+    """A few rejected records of every reason, with the details that explain the rejection."""
+    by_reason: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for stage in run.record_stages():
+        for row in run.rows(stage, "rejected"):
+            by_reason.setdefault((stage, row.get("reason", "?")), []).append(row)
+    out = []
+    for (stage, reason), rows in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        for row in _sample(rows, per_reason, seed):
+            details = dict(row.get("details") or {})
+            out.append({"stage": stage, "reason": reason, "instruction": _clip(row.get("instruction", ""), 300),
+                        "output": _clip(row.get("output", ""), 200),
+                        "details": ", ".join(f"{k}={_clip(str(v), 160)}" for k, v in details.items())})
+    return out
+
+
+def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, Any]:
+    rows = run.final_rows()
+    final = records_frame(rows, run.final_stage() or "")
+    instructions = final["instruction"].tolist()
+    pairs = verb_objects(instructions) if instructions else None
+    parser = parser_name()
+    if pairs is not None:  # as in the paper: the instructions with a verb-direct object structure
+        chart_pairs = [(v, o) for v, o in pairs if v and o]
+        verb_note = (f"the verb nearest the root and its first direct object, parsed with {parser}; "
+                     f"{len(chart_pairs)} of {len(pairs)} kept instructions"
+                     + (" (a random sample)" if len(pairs) < len(instructions) else "") + " have this structure")
+    else:
+        chart_pairs = first_words(instructions)
+        verb_note = "spaCy is not installed (pip install 'instruct-pipeline[report]'): first words shown instead"
+    scores = seed_similarity(run, instructions)
+    seed_score = dict(zip((r.get("id") for r in rows), scores or []))
+    stages = stage_rows(run)
+    threshold = ((run.manifest.get("config") or {}).get("filter") or {}).get("rouge_threshold", 0.7)
+    samples = [{"id": r.get("id", ""), "source": r.get("source", ""), "instruction": _clip(r.get("instruction", "")),
+                "input": _clip(r.get("input", ""), 300), "output": _clip(r.get("output", "")),
+                "seed_rouge_l": seed_score.get(r.get("id"))} for r in _sample(rows, sample, seed)]
+    lengths = {"instruction": final["instruction_words"].tolist(),
+               "input (non-empty)": [n for n in final["input_words"].tolist() if n],
+               "output": final["output_words"].tolist()}
+    return {
+        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "overview": overview(run),
+        "stages": stages,
+        "final_stage": run.final_stage(),
+        "diversity": diversity(final, pairs, scores),
+        "verb_note": verb_note,
+        "charts": {
+            "verbs": plots.verb_sunburst(top_pairs(chart_pairs), "top 20 verbs and their top 4 direct objects"
+                                         if pairs is not None else "top 20 first words"),
+            "lengths": plots.histograms(lengths, "lengths of the kept records", "words"),
+            "seed_rouge": plots.similarity_histogram(scores or [], threshold,
+                                                     "similarity of kept instructions to the seeds"),
+            "reasons": plots.reason_bars(stages, "why candidates were rejected"),
+            "evolve": plots.evolve_bars(evolve_stats(run)),
+        },
+        "evolve": evolve_stats(run),
+        "samples": samples,
+        "rejected_samples": _rejected_samples(run, per_reason=3, seed=seed),
+        "threshold": threshold,
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda v: "–" if v is None else (f"{v:,}" if isinstance(v, int) else
+                                                          f"{v:,.2f}" if isinstance(v, float) else str(v))
+    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    return env.get_template("report.html.j2").render(**context)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None, sample: int = 25, seed: int = 0) -> Path:
+    """Write the report (default ``RUN_DIR/report.html``) in one atomic step and return its path."""
+    run = RunData.open(run_dir)
+    path = Path(out) if out else run.report_path
+    write_text_atomic(path, render(build_context(run, sample=sample, seed=seed)))
+    return path

@@ -1,0 +1,183 @@
+"""Figures about a run, as plain dicts: what ``pipeline inspect`` prints (or dumps with --json) and what the
+HTML report draws. Nothing here writes files or prints."""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..filters.novelty import NoveltyIndex
+from ..io.readers import load_seeds
+from ..runs.read import RECORD_STAGES, RunData, records_frame
+from .verbs import verb_objects
+
+
+def reason_counts(run: RunData, stage: str) -> Counter:
+    return Counter(row.get("reason", "?") for row in run.rows(stage, "rejected"))
+
+
+def stage_rows(run: RunData) -> list[dict[str, Any]]:
+    """One row per stage: kept and rejected (counted from the files), rejections by reason, time, tokens, rates."""
+    out = []
+    for stage in run.stages():
+        m = run.manifest.get("stages", {}).get(stage, {})
+        if stage in RECORD_STAGES:
+            kept, rejected = run.count(stage, "kept"), run.count(stage, "rejected")
+            reasons = reason_counts(run, stage)
+        elif stage == "export":
+            kept, rejected, reasons = run.count("export", "kept"), 0, Counter()
+        else:
+            kept, rejected = m.get("kept", 0), m.get("rejected", 0)
+            reasons = Counter(m.get("rejected_by_reason", {}))
+        wall = m.get("wall_s")
+        usage = m.get("usage") or {}
+        seen = kept + rejected
+        out.append({
+            "stage": stage, "kept": kept, "rejected": rejected,
+            "rejected_by_reason": dict(reasons.most_common()),
+            "keep_rate": round(kept / seen, 4) if seen else None,
+            "wall_s": wall,
+            # Per minute of work: only for a run made in one session (a resumed stage's wall time is its last
+            # session's, often a fast replay from the cache).
+            "kept_per_min": (round(kept / (wall / 60), 2) if wall and stage in ("bootstrap", "evolve")
+                             and len(run.manifest.get("sessions", [])) <= 1 else None),
+            "requests": usage.get("requests"), "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"), "retries": usage.get("retries"),
+            "done": run.is_done(stage),
+        })
+    return out
+
+
+def overview(run: RunData) -> dict[str, Any]:
+    m = run.manifest
+    cfg = m.get("config") or {}
+    teacher = cfg.get("teacher") or {}
+    spent = m.get("spent") or {}
+    tokens = m.get("tokens") or {}
+    model = next((s.get("teacher_model") for s in m.get("stages", {}).values() if s.get("teacher_model")), None)
+    return {
+        "run_id": run.run_id, "dir": str(run.dir), "status": m.get("status"), "created_at": m.get("created_at"),
+        "teacher_backend": teacher.get("backend"), "teacher_model": model or teacher.get("model") or None,
+        "sessions": len(m.get("sessions", [])) or 1, "wall_s": m.get("wall_s"),
+        "requests": spent.get("requests"),
+        "prompt_tokens": spent.get("prompt_tokens", tokens.get("prompt")),
+        "completion_tokens": spent.get("completion_tokens", tokens.get("completion")),
+        "cost_usd": spent.get("cost_usd", "unknown (no price for this model)"),
+        "seeds": m.get("seeds", {}).get("tasks") or m.get("input", {}).get("tasks"),
+        "dataset_rows": None if run.flat else run.count("export", "kept"),
+        "stopped_because": m.get("stopped_because"),
+    }
+
+
+def _distinct_n(texts: list[str], n: int) -> float | None:
+    grams: list[tuple[str, ...]] = []
+    for t in texts:
+        words = t.lower().split()
+        grams.extend(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return round(len(set(grams)) / len(grams), 4) if grams else None
+
+
+def seed_similarity(run: RunData, instructions: list[str]) -> list[float] | None:
+    """ROUGE-L (rouge-score's F, exact) of each instruction to its nearest seed instruction; None without seeds."""
+    files = run.seed_files()
+    if not files:
+        return None
+    try:
+        seeds = load_seeds(files)
+    except InputError:
+        return None
+    index = NoveltyIndex(exact_nearest=True)
+    for i, text in enumerate(dict.fromkeys(s.instruction for s in seeds)):
+        index.add(f"seed-{i}", text)
+    return [index.nearest(text).score for text in instructions]
+
+
+def _stats(values) -> dict[str, float | None]:
+    arr = np.asarray(list(values), dtype=float)
+    if not len(arr):
+        return {"mean": None, "median": None, "p90": None, "max": None}
+    return {"mean": round(float(arr.mean()), 3), "median": round(float(np.median(arr)), 3),
+            "p90": round(float(np.percentile(arr, 90)), 3), "max": round(float(arr.max()), 3)}
+
+
+def diversity(df: pd.DataFrame, pairs: list[tuple[str | None, str | None]] | None = None,
+              seed_scores: list[float] | None = None) -> dict[str, Any]:
+    """How varied the instructions are: uniqueness, distinct n-grams, verbs and verb-object pairs, lengths,
+    similarity to the seeds."""
+    texts = [t for t in df["instruction"].tolist()] if len(df) else []
+    norm = [" ".join(t.lower().split()) for t in texts]
+    first = Counter(t.split()[0].strip(".,:;!?\"'") for t in norm if t)
+    out: dict[str, Any] = {
+        "records": len(texts),
+        "unique_instructions": len(set(norm)),
+        "distinct_1": _distinct_n(texts, 1), "distinct_2": _distinct_n(texts, 2),
+        "unique_first_words": len(first),
+        "top_first_words": first.most_common(5),
+        "instruction_words": _stats(df["instruction_words"]) if len(df) else _stats([]),
+        "output_words": _stats(df["output_words"]) if len(df) else _stats([]),
+    }
+    if pairs is not None:
+        verbs = Counter(v for v, _ in pairs if v)
+        with_pair = [(v, o) for v, o in pairs if v and o]
+        out.update({"verbs_parsed": len(pairs), "unique_verbs": len(verbs),
+                    "unique_verb_object_pairs": len(set(with_pair)),
+                    "share_with_verb_object": round(len(with_pair) / len(pairs), 4) if pairs else None,
+                    "top_verbs": verbs.most_common(5)})
+    if seed_scores is not None:
+        s = _stats(seed_scores)
+        out["rouge_l_to_nearest_seed"] = s
+        out["share_above_0_7"] = (round(float(np.mean(np.asarray(seed_scores) > 0.7)), 4)
+                                  if seed_scores else None)
+    return out
+
+
+def evolve_stats(run: RunData) -> dict[str, Any] | None:
+    return (run.manifest.get("stages", {}).get("evolve") or {}).get("stats")
+
+
+def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
+    """Everything ``inspect`` shows for one run."""
+    final = records_frame(run.final_rows(), run.final_stage() or "")
+    pairs = verb_objects(final["instruction"].tolist()) if parse_verbs and len(final) else None
+    return {
+        "overview": overview(run),
+        "stages": stage_rows(run),
+        "final_stage": run.final_stage(),
+        "diversity": diversity(final, pairs, seed_similarity(run, final["instruction"].tolist())),
+    }
+
+
+def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Side by side figures of two summaries: counts, rejection reasons and diversity."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, va, vb) -> None:
+        delta = None
+        if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+            delta = round(vb - va, 4)
+        rows.append({"figure": name, "a": va, "b": vb, "delta": delta})
+
+    for key in ("status", "teacher_model", "wall_s", "requests", "prompt_tokens", "completion_tokens", "cost_usd",
+                "dataset_rows"):
+        add(key, a["overview"].get(key), b["overview"].get(key))
+    sa = {s["stage"]: s for s in a["stages"]}
+    sb = {s["stage"]: s for s in b["stages"]}
+    for stage in [s for s in sa] + [s for s in sb if s not in sa]:
+        for key in ("kept", "rejected"):
+            add(f"{stage}.{key}", sa.get(stage, {}).get(key), sb.get(stage, {}).get(key))
+        reasons = dict(sa.get(stage, {}).get("rejected_by_reason", {}))
+        other = sb.get(stage, {}).get("rejected_by_reason", {})
+        for reason in list(reasons) + [r for r in other if r not in reasons]:
+            add(f"{stage}.rejected:{reason}", reasons.get(reason, 0), other.get(reason, 0))
+    da, db = a["diversity"], b["diversity"]
+    for key in ("records", "unique_instructions", "distinct_1", "distinct_2", "unique_first_words", "unique_verbs",
+                "unique_verb_object_pairs"):
+        if key in da or key in db:
+            add(f"diversity.{key}", da.get(key), db.get(key))
+    for key in ("instruction_words", "output_words", "rouge_l_to_nearest_seed"):
+        if key in da or key in db:
+            add(f"diversity.{key}.mean", (da.get(key) or {}).get("mean"), (db.get(key) or {}).get("mean"))
+    return rows

@@ -1,0 +1,273 @@
+"""The stages of a run, and ``run_stages``, which runs (or resumes) them in order inside one run session.
+
+Each runner takes the open ``Run`` (``runs.store``), feeds the pure stage functions (``pipeline.stages``,
+``pipeline.filters.chain``, ``pipeline.train``) and writes what they return into the run, batch by batch.
+
+Resuming: finished stages are skipped; the stage in progress replays from its start with the request cache
+answering every request that already succeeded, and its writers skip the rows already on disk. Replay is exact
+because every random choice is seeded and every sampled request carries its own seed.
+
+Evolve: each round's candidates that pass elimination go through the filter chain (``evolve.final_filter``) before
+they are written, with the input tasks and every evolved record accepted in earlier rounds as the reference pool;
+this gives the same decisions as filtering the whole evolved set once at the end (the chain is incremental in file
+order), and ``evolve/kept.jsonl`` never holds a record the chain would drop. Elimination rejections carry
+``stage="evolve"``, filter rejections ``stage="filter"``. A record that passed elimination but not the filter
+still became its lineage's new head: the filter decides what enters the dataset, not how lineages evolve.
+"""
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from ..config import RunConfig
+from ..errors import InputError
+from ..filters.chain import filter_records
+from ..io.files import read_jsonl
+from ..io.readers import load_seeds
+from ..progress import Progress, no_progress
+from ..records import Record
+from ..stages import bootstrap, evolve
+from ..stages.export import to_alpaca, to_messages
+from ..teachers import Teacher
+from ..train.evaluate import evaluate
+from ..train.tune import has_checkpoint, train
+from .read import resolve_dataset, resolve_tune_dir
+from .store import DATASET_FILES, EVAL_DIR, TUNE_DIR, Run, run_session
+
+STAGE_ORDER = ["bootstrap", "evolve", "filter", "export", "tune", "eval"]
+TEACHER_STAGES = {"bootstrap", "evolve"}
+
+
+def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Progress = no_progress) -> None:
+    cfg = run.cfg
+    t0 = time.time()
+    state = bootstrap.BootstrapState.start(seeds, cfg.filter)
+    rng = random.Random(cfg.bootstrap.seed)
+    files = run.stage_files(bootstrap.STAGE)
+    rejected: Counter = Counter()
+    kept = 0
+    target = cfg.bootstrap.target_instructions
+    try:
+        while not state.done(cfg.bootstrap):
+            result = bootstrap.step(state, teacher, cfg.bootstrap, cfg.filter, rng)
+            files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
+            kept += len(result.kept)
+            rejected.update(r.reason for r in result.rejected)
+            progress(bootstrap.STAGE, min(state.tasks_kept, target), target,
+                     {"instances": kept, "rejected": sum(rejected.values()), "requests": teacher.usage.requests,
+                      "cached": teacher.usage.cache_hits})
+    finally:
+        files.close()
+        run.record_stage(
+            bootstrap.STAGE, kept, rejected, time.time() - t0,
+            tasks_kept=state.tasks_kept,
+            target_instructions=target,
+            generation_requests=state.requests,
+            stats=dict(state.stats),
+            usage=teacher.usage.as_dict(),
+            teacher_model=teacher.model_name,
+        )
+
+
+def evolve_inputs(run: Run, seeds: list[Record]) -> list[Record]:
+    """The records ``evolve.source`` names: the seed tasks, or the bootstrap stage's kept records of this run."""
+    if run.cfg.evolve.source == "seeds":
+        return seeds
+    path = run.kept_file("bootstrap")
+    return [Record.from_dict(row) for row in read_jsonl(path)] if path.exists() else []
+
+
+def _usage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in after.items():
+        if isinstance(value, (int, float)):
+            out[key] = value - before.get(key, 0)
+        elif isinstance(value, dict):
+            out[key] = {k: v - before.get(key, {}).get(k, 0) for k, v in value.items()}
+    return out
+
+
+def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Progress = no_progress,
+               reference: list[Record] | None = None) -> dict:
+    """Evolve ``records`` (seed tasks or bootstrap kept records) for ``run.cfg.evolve.rounds`` rounds.
+
+    ``reference`` starts the filter chain's novelty pool (default: ``records``, all of them, not only the
+    ``max_items`` sample that is evolved); pass seeds + bootstrap records when both end up in one dataset.
+
+    Writes ``<run>/evolve/{kept,rejected}.jsonl`` after each round and records the stage in the manifest
+    (``run.record_stage("evolve", ...)``, also when interrupted). Returns the stage stats: per round and per
+    operation attempts, passes, pass rate, failures by reason and mean word growth (``evolve.EvolveState.summary``)
+    plus the filter chain's counts.
+    """
+    cfg = run.cfg.evolve
+    t0 = time.time()
+    rng = random.Random(cfg.seed)
+    state = evolve.EvolveState.start(records, cfg.max_items, rng)
+    reference = list(records if reference is None else reference)
+    files = run.stage_files(evolve.STAGE)
+    usage_before = teacher.usage.as_dict()
+    rejected: Counter = Counter()
+    filter_rejected: Counter = Counter()
+    kept = evolved = 0
+    summary: dict = {}
+    try:
+        progress(evolve.STAGE, 0, cfg.rounds, {"items": len(state.items)})
+        for _ in range(cfg.rounds):
+            if not state.active():
+                break
+            res = evolve.evolve_round(state, teacher, cfg, rng)
+            filtered = evolve.final_filter(res.kept, reference, run.cfg.filter) if res.kept else None
+            accepted = list(filtered.kept) if filtered else []
+            dropped = list(filtered.rejected) if filtered else []
+            reference.extend(accepted)
+            files.write((r.to_dict() for r in accepted), (r.to_dict() for r in [*res.rejected, *dropped]))
+            evolved += len(res.kept)
+            kept += len(accepted)
+            rejected.update(r.reason for r in res.rejected)
+            filter_rejected.update(r.reason for r in dropped)
+            progress(evolve.STAGE, state.round, cfg.rounds,
+                     {"evolved": evolved, "kept": kept,
+                      "rejected": sum(rejected.values()) + sum(filter_rejected.values()),
+                      "active": len(state.active())})
+    finally:
+        files.close()
+        summary = state.summary()
+        summary["filter"] = {"input": evolved, "kept": kept, "rejected": sum(filter_rejected.values()),
+                             "rejected_by_reason": dict(filter_rejected.most_common())}
+        run.record_stage(
+            evolve.STAGE, kept, rejected + filter_rejected, time.time() - t0,
+            input_items=len(state.items),
+            rounds_run=state.round,
+            rounds=cfg.rounds,
+            evolved=evolved,
+            stats=summary,
+            usage=_usage_delta(usage_before, teacher.usage.as_dict()),
+            teacher_model=teacher.model_name,
+        )
+    return summary
+
+
+def run_filter(run: Run, seeds: list[Record], progress: Progress = no_progress) -> None:
+    """The final filter chain over everything generated (bootstrap and evolve, all rounds), against the seeds."""
+    t0 = time.time()
+    records = [Record.from_dict(row) for path in run.generated_files() for row in read_jsonl(path)]
+    result = filter_records(records, run.cfg.filter, reference=seeds,
+                            progress=lambda phase, done, total: progress("filter", done, total, {"phase": phase}))
+    files = run.stage_files("filter")
+    try:
+        files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
+    finally:
+        files.close()
+    run.record_stage("filter", len(result.kept), Counter(r.reason for r in result.rejected), time.time() - t0,
+                     input=len(records), stats=result.stats)
+
+
+def run_export(run: Run, progress: Progress = no_progress) -> None:
+    t0 = time.time()
+    alpaca, chat = run.dataset_writers()
+    with alpaca, chat:
+        for source in run.final_files():
+            batch: list[Record] = []
+            for row in read_jsonl(source) if source.exists() else []:
+                batch.append(Record.from_dict(row))
+                if len(batch) >= 512:
+                    alpaca.write_many(map(to_alpaca, batch))
+                    chat.write_many(map(to_messages, batch))
+                    batch = []
+            alpaca.write_many(map(to_alpaca, batch))
+            chat.write_many(map(to_messages, batch))
+        count = alpaca.count
+    progress("export", count, count, {})
+    run.record_stage("export", count, Counter(), time.time() - t0, files=dict(DATASET_FILES))
+
+
+def run_tune_stage(run: Run, progress: Progress = no_progress) -> None:
+    """The "tune" stage of ``pipeline run``: tune on ``<run>/dataset`` into ``<run>/tune``. A run resumed after an
+    interruption continues from the newest checkpoint of ``<run>/tune/checkpoints``."""
+    t0 = time.time()
+    dataset = resolve_dataset(run.dir)
+    out_dir = run.dir / TUNE_DIR
+    resume = "last" if has_checkpoint(out_dir) else None
+    meta = train(dataset, out_dir, run.cfg.tune, resume=resume, progress=progress)
+    dropped = Counter(meta.get("dropped", {}))
+    tr = meta.get("trainer", {})
+    run.record_stage("tune", meta.get("train_rows", 0), dropped, time.time() - t0,
+                     heldout_rows=meta.get("heldout_rows", 0), base_model=meta.get("base_model_spec"),
+                     global_step=tr.get("global_step"), train_loss=tr.get("train_loss"),
+                     eval_loss=tr.get("eval_loss"), tokens_per_s=tr.get("tokens_per_s"),
+                     files={"adapter": "tune/adapter", "log_csv": "tune/train_log.csv", "loss_png": "tune/loss.png",
+                            "meta": "tune/tune_meta.json"})
+
+
+def run_eval_stage(run: Run, progress: Progress = no_progress) -> None:
+    """The "eval" stage of ``pipeline run``: ``<run>/tune`` against its base model, into ``<run>/eval``."""
+    t0 = time.time()
+    tune_dir = resolve_tune_dir(run.dir)
+    table = evaluate(tune_dir, run.dir / EVAL_DIR, run.cfg.eval, run.cfg.teacher, progress)
+    run.record_stage("eval", table["examples"], Counter(), time.time() - t0,
+                     base=table["base"], tuned=table["tuned"], rouge_l_wins=table["rouge_l_wins"],
+                     judge=table["judge"],
+                     files={"table_json": "eval/eval_table.json", "table_md": "eval/eval_table.md",
+                            "generations": "eval/generations.jsonl"})
+
+
+def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, stages: list[str] | None = None,
+               progress: Progress = no_progress, force: bool = False) -> dict:
+    """Validate every input, then run (or resume) the stages in order. Returns the manifest.
+
+    Raises InputError before anything is written when an input is bad; BudgetExhausted, TeacherError or
+    KeyboardInterrupt leave the run resumable, with its manifest saying why it stopped.
+    """
+    wanted = stages or list(cfg.stages)
+    stages = [s for s in STAGE_ORDER if s in wanted]
+    seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
+    with run_session(cfg, run_dir, config_path, force=force,
+                     need_teacher=bool(TEACHER_STAGES & set(stages))) as (run, teacher):
+        run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
+                                 "paths": [str(cfg.resolve_path(p).resolve()) for p in cfg.seed_files]}
+        for stage in stages:
+            if run.is_done(stage):
+                continue
+            if stage == "bootstrap":
+                run_bootstrap(run, teacher, seeds, progress)
+            elif stage == "evolve":
+                run_evolve(run, teacher, evolve_inputs(run, seeds), progress)
+            elif stage == "filter":
+                run_filter(run, seeds, progress)
+            elif stage == "export":
+                run_export(run, progress)
+            elif stage == "tune":
+                run_tune_stage(run, progress)
+            elif stage == "eval":
+                run_eval_stage(run, progress)
+            run.mark_done(stage)
+    return run.manifest
+
+
+def evolve_file(cfg: RunConfig, run_dir: Path, in_file: Path, records: list[Record], config_path: str | None = None,
+                progress: Progress = no_progress, force: bool = False) -> dict:
+    """``pipeline evolve``: the Evolve stage alone over the records of ``in_file``, in a run directory of its own,
+    with the same machinery as ``run_stages`` (lock, request cache, budget, resume). Returns the manifest.
+
+    Resuming (same ``--out``) replays the stage with the cache answering every request that already succeeded;
+    the input file must be the same one (its SHA-256 is in the manifest) unless ``force``.
+    """
+    digest = hashlib.sha256(Path(in_file).read_bytes()).hexdigest()
+
+    def same_input(manifest: dict) -> None:
+        old = manifest.get("input")
+        if old and old.get("sha256") != digest and not force:
+            raise InputError(str(in_file), f"differs from the input this run started with ({old.get('file')}); "
+                             "resume with the same file, or pass --force", field="input")
+
+    with run_session(cfg, run_dir, config_path, force=force, check=same_input) as (run, teacher):
+        run.manifest["input"] = {"file": str(in_file), "sha256": digest, "records": len(records),
+                                 "tasks": len({r.task_id or r.id for r in records})}
+        if not run.is_done(evolve.STAGE):
+            run_evolve(run, teacher, records, progress)
+            run.mark_done(evolve.STAGE)
+    return run.manifest
