@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # llama.cpp servers the tests start: see teachers/embedded.py
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED_SEEDS = ROOT.parent / "shared" / "reference" / "self_instruct_seed_tasks.jsonl"
 OUR_SEEDS = ROOT / "seed_tasks" / "seed_tasks.jsonl"
@@ -48,11 +49,14 @@ def llama_server(gguf_path, tmp_path_factory):
     """llama-cpp-python's OpenAI-compatible server serving the embedded GGUF on 127.0.0.1."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
+    server_env = dict(os.environ)
+    if "MIN_VERSIONS_PATH" in server_env:  # `make test-min-versions` puts old libraries in front of the venv's; the
+        server_env["PYTHONPATH"] = str(ROOT)  # server (its own fastapi, pydantic-settings) runs on the venv's own
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path), "--model_alias",
              "SmolLM2-135M-Instruct", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],
-            stdout=fh, stderr=subprocess.STDOUT)
+            stdout=fh, stderr=subprocess.STDOUT, env=server_env)
     base_url = f"http://127.0.0.1:{port}/v1"
     deadline = time.time() + 120
     while True:

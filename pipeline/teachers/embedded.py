@@ -24,6 +24,12 @@ from pathlib import Path
 
 from ..errors import TeacherError
 
+# llama.cpp's OpenMP threads spin while they wait for work. On a busy machine (other processes, a test suite, a
+# second model) spinning threads take the cores from the ones with work: one 48-token answer took 236 s instead of
+# 1 s on a loaded 2-core machine. Passive waiting sleeps instead. It must be set before llama.cpp is loaded, so it
+# is set here, where every path to the embedded model starts (the child processes inherit it).
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
