@@ -62,7 +62,7 @@ METRICS = [("prompt_tok_s", "prompt processing tok/s"), ("gen_tok_s", "generatio
 
 
 def run_once(site: Path, model: Path, threads: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(site)}
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_WAIT_POLICY": "passive"}  # as the pipeline runs it
     proc = subprocess.run([sys.executable, "-c", CHILD, str(model), str(threads)], capture_output=True, text=True,
                           env=env, timeout=900)
     if proc.returncode != 0:
