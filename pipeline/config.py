@@ -12,7 +12,7 @@ import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -57,7 +57,11 @@ class TeacherConfig(_Section):
     base_url: str = ""
     # Name of the environment variable that holds the API key ("" = send no key, e.g. a local server).
     api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = Field(8, ge=1)
+    # Requests in flight at once. "auto" (openai backend): start small, grow while latency stays flat, back off on
+    # 429/503 and when latency climbs (a self-hosted server queues instead of refusing), never above
+    # max_concurrency. A number: exactly that many. llama.cpp in-process answers one at a time whatever this says.
+    concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
+    max_concurrency: int = Field(256, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     # llama.cpp in-process settings.
@@ -75,6 +79,8 @@ class BootstrapConfig(_Section):
     num_prompt_instructions: int = Field(8, ge=1)
     num_machine_in_prompt: int = Field(2, ge=0)
     new_per_request: int = Field(10, ge=1)  # new instructions asked for in each generation request
+    # Generation requests in flight at once (the reorder window): request g's prompt shows machine instructions
+    # decided from requests 0 .. g - request_batch_size, so the result does not depend on answer order.
     request_batch_size: int = Field(4, ge=1)
     # Safety cap on instruction-generation requests: a weak teacher must not loop forever.
     max_generation_requests: int = Field(400, ge=1)
@@ -263,7 +269,8 @@ class RunConfig(_Section):
         data = self.model_dump(mode="json")
         for key in ("run_id", "output_dir", "budget", "prices"):
             data.pop(key, None)
-        for key in ("concurrency", "timeout_s", "max_retries", "base_url", "api_key_env", "n_threads"):
+        for key in ("concurrency", "max_concurrency", "timeout_s", "max_retries", "base_url", "api_key_env",
+                    "n_threads"):
             data["teacher"].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

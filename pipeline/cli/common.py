@@ -62,10 +62,10 @@ class Bars:
         if stage not in self.tasks:
             self.tasks[stage] = self.progress.add_task(stage, total=total, info="")
             self.t0[stage] = time.time()
-        minutes = max(time.time() - self.t0[stage], 1e-9) / 60
+        elapsed = time.time() - self.t0[stage]
         info = " ".join(f"{k}={v}" for k, v in fields.items())
-        if stage == "bootstrap":
-            info += f" ({done / minutes:.1f} instr/min)"
+        if stage == "bootstrap" and elapsed >= 2.0:  # a rate over less is noise (the stage starts the clock at 0)
+            info += f" ({done / (elapsed / 60):.1f} instr/min)"
         self.progress.update(self.tasks[stage], completed=done, total=total, info=info)
 
 

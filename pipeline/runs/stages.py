@@ -46,20 +46,23 @@ def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Pro
     cfg = run.cfg
     t0 = time.time()
     state = bootstrap.BootstrapState.start(seeds, cfg.filter)
-    rng = random.Random(cfg.bootstrap.seed)
     files = run.stage_files(bootstrap.STAGE)
     rejected: Counter = Counter()
     kept = 0
     target = cfg.bootstrap.target_instructions
+
+    def emit(result: bootstrap.StepResult) -> None:
+        nonlocal kept
+        files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
+        kept += len(result.kept)
+        rejected.update(r.reason for r in result.rejected)
+        progress(bootstrap.STAGE, min(state.tasks_kept, target), target,
+                 {"instances": kept, "rejected": sum(rejected.values()), "requests": teacher.usage.requests,
+                  "cached": teacher.usage.cache_hits, "in flight": teacher.limit.in_flight})
+
+    progress(bootstrap.STAGE, 0, target, {})  # starts the stage's clock, so rates are per real minute
     try:
-        while not state.done(cfg.bootstrap):
-            result = bootstrap.step(state, teacher, cfg.bootstrap, cfg.filter, rng)
-            files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
-            kept += len(result.kept)
-            rejected.update(r.reason for r in result.rejected)
-            progress(bootstrap.STAGE, min(state.tasks_kept, target), target,
-                     {"instances": kept, "rejected": sum(rejected.values()), "requests": teacher.usage.requests,
-                      "cached": teacher.usage.cache_hits})
+        teacher.run(bootstrap.run(state, teacher, cfg.bootstrap, cfg.filter, emit))
     finally:
         files.close()
         run.record_stage(
@@ -69,6 +72,7 @@ def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Pro
             generation_requests=state.requests,
             stats=dict(state.stats),
             usage=teacher.usage.as_dict(),
+            engine=teacher.describe(),
             teacher_model=teacher.model_name,
         )
 

@@ -12,6 +12,7 @@ Records are appended and flushed as they are accepted; the manifest and the mark
 """
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
@@ -25,8 +26,8 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import PROJECT_ROOT, RunConfig, package_versions
 from ..errors import InputError, RunLocked
 from ..io.files import JsonlWriter, write_json_atomic, write_jsonl_atomic
-from ..teachers import make_teacher
-from ..teachers.cache import Budget, BudgetExhausted, CachedTeacher, RequestCache, describe_spent
+from ..teachers import Engine, make_backend, make_engine
+from ..teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spent
 
 MANIFEST, DONE, LOCK, CACHE = "manifest.json", ".done", ".lock", "cache.sqlite"
 RECORD_STAGES = ("bootstrap", "evolve", "filter")  # the stages that write kept.jsonl / rejected.jsonl
@@ -244,7 +245,7 @@ def _budget(cfg: RunConfig, model_name: str) -> Budget:
 @contextmanager
 def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *, force: bool = False,
                 need_teacher: bool = True, check: Callable[[dict], None] | None = None
-                ) -> Iterator[tuple[Run, CachedTeacher | None]]:
+                ) -> Iterator[tuple[Run, Engine | None]]:
     """One session of work on a run directory: open (or resume) the run under its lock, put the request cache and
     the budget in front of the teacher, and on the way out, however the body ends, record the session's usage,
     what was spent and the status in the manifest, then release the teacher and the lock.
@@ -254,16 +255,16 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
     A body that raises BudgetExhausted ends "budget_exhausted", KeyboardInterrupt "interrupted", anything else
     "failed" (with ``stopped_because``); the exception propagates to the CLI, which maps it to an exit code.
     """
-    inner = make_teacher(cfg.teacher) if need_teacher else None
+    backend = make_backend(cfg.teacher) if need_teacher else None
     try:
         run = Run.open(cfg, run_dir, config_path, force=force, check=check)
     except BaseException:
-        if inner is not None:
-            inner.close()
+        if backend is not None:
+            asyncio.run(backend.aclose())
         raise
-    budget = _budget(cfg, inner.model_name if inner else "")
+    budget = _budget(cfg, backend.model_name if backend else "")
     cache = RequestCache(run.dir / CACHE)
-    teacher = CachedTeacher(inner, cache, budget) if inner is not None else None
+    teacher = make_engine(cfg.teacher, cache, budget, backend) if backend is not None else None
     status = "failed"
     try:
         yield run, teacher
@@ -289,8 +290,7 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         run.save_manifest(status=status)
         if teacher is not None:
             teacher.close()
-        else:
-            cache.close()
+        cache.close()
         run.close()
 
 

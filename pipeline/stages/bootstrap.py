@@ -1,31 +1,40 @@
-"""Self-Instruct bootstrap: grow new tasks from seed tasks with a teacher.
+"""Self-Instruct bootstrap: grow new tasks from seed tasks with a teacher, streaming.
 
-One ``step`` of the loop:
-  1. build ``request_batch_size`` prompts, each listing in-context instructions sampled from the seeds and from
-     the machine-generated tasks accepted so far, and ask the teacher to continue the numbered list;
-  2. parse the new items (a response cut by the length limit loses its last item);
-  3. filter each item with the instruction heuristics and the ROUGE-L novelty check against the pool, adding
-     survivors to the pool at once so later items and prompts see them;
-  4. ask the teacher whether each accepted instruction is a classification task;
-  5. generate an instance for each (output-first for classification, input-first otherwise) and filter it with
-     the instance and task rules of the filter chain (``filters.heuristics``), so every task this stage keeps
-     is one the filter stage keeps too, and the target counts tasks that reach the dataset.
+Everything is in flight at once, under the engine's concurrency limit:
+  - up to ``request_batch_size`` generation requests (the window), each listing in-context instructions sampled
+    from the seeds and from the machine instructions accepted so far, asking the teacher to continue the list;
+  - for every instruction already accepted, its instance chain: classification, labels, inputs, answers.
+Decisions keep Self-Instruct's order and do not depend on which answer arrives first:
+  1. generation answers are decided in request order: parsed (a response cut by the length limit loses its last
+     item), each item filtered by the instruction heuristics and the ROUGE-L novelty check against every
+     instruction accepted before it, survivors joining the pool at once;
+  2. generation request g shows machine instructions from the pool as it stood when requests 0 .. g - window
+     were decided (``pool_sizes``), sampled with g's own seed: the prompt is the same however fast answers come,
+     and Self-Instruct's "2 of 8 in-context instructions are machine-generated" holds from request ``window`` on
+     (the first window shows seeds only; later prompts lag the pool by at most a window of requests);
+  3. each accepted task's instances are filtered with the instance and task rules of the filter chain
+     (``filters.heuristics``), so every task this stage keeps is one the filter stage keeps too;
+  4. results are emitted request by request, each request's tasks in order, and stop at exactly the
+     ``target_instructions``-th kept task. A resumed run replays the same decisions from the request cache.
 
-Steps are pure functions of (state, teacher, config): the caller owns all file I/O.
+The stage is a pure coroutine of (state, engine, config): the caller's ``emit`` owns all file I/O.
 """
 from __future__ import annotations
 
+import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..config import BootstrapConfig, FilterConfig
 from ..filters.heuristics import InstructionFilters, check_instance, check_task_instances
 from ..filters.novelty import NoveltyIndex
 from ..prompts import render
 from ..records import Record, Rejection
-from ..teachers import ChatRequest, Teacher
-from .instances import generate_instances
+from ..teachers import ChatRequest, Completion, Engine
+from ..teachers.base import REFUSED
+from .instances import InstanceResult, instances_for
 from .parsing import split_numbered_list
 
 STAGE = "bootstrap"
@@ -39,6 +48,8 @@ class BootstrapState:
     tasks_kept: int = 0
     next_task: int = 0
     requests: int = 0
+    # len(machine_instructions) after each generation request was decided: what request g + window may show
+    pool_sizes: list[int] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
 
     @classmethod
@@ -55,9 +66,6 @@ class BootstrapState:
                 index.add(rec.task_id, rec.instruction)
         return cls(seed_instructions=instructions, index=index)
 
-    def done(self, cfg: BootstrapConfig) -> bool:
-        return self.tasks_kept >= cfg.target_instructions or self.requests >= cfg.max_generation_requests
-
 
 @dataclass
 class StepResult:
@@ -65,95 +73,177 @@ class StepResult:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def _prompt(state: BootstrapState, cfg: BootstrapConfig, rng: random.Random) -> ChatRequest:
-    n_machine = min(cfg.num_machine_in_prompt, len(state.machine_instructions))
+def _prompt(state: BootstrapState, cfg: BootstrapConfig, g: int) -> ChatRequest:
+    """Generation request ``g``: in-context instructions sampled from the seeds and from the machine instructions
+    decided from requests ``0 .. g - window`` (what the pool held when ``g`` could first be sent), with a random
+    generator of its own, so the prompt does not depend on when answers arrived."""
+    rng = random.Random(f"{cfg.seed}:{g}")
+    visible = state.pool_sizes[g - cfg.request_batch_size] if g >= cfg.request_batch_size else 0
+    machine = state.machine_instructions[:visible]
+    n_machine = min(cfg.num_machine_in_prompt, len(machine))
     n_seed = min(cfg.num_prompt_instructions - n_machine, len(state.seed_instructions))
-    shown = rng.sample(state.machine_instructions, n_machine) + rng.sample(state.seed_instructions, n_seed)
+    shown = rng.sample(machine, n_machine) + rng.sample(state.seed_instructions, n_seed)
     rng.shuffle(shown)
+    if n_machine:
+        state.stats["prompts_with_machine_instructions"] += 1
     text = render("bootstrap_instructions", tasks=shown, count=cfg.new_per_request)
     return ChatRequest(messages=[{"role": "user", "content": text}], decoding=cfg.generation)
 
 
-def _reject(stage_result: StepResult, state: BootstrapState, rec: Record, reason: str, **details) -> None:
-    state.stats[f"rejected:{reason}"] += 1
-    stage_result.rejected.append(Rejection(rec, reason, details, STAGE))
+def _decide(state: BootstrapState, filters: InstructionFilters, fcfg: FilterConfig, g: int, request: ChatRequest,
+            completion: Completion, model: str) -> tuple[list[Rejection], list[Record]]:
+    """Parse generation request ``g``'s answer and decide each new instruction, in order: heuristics, an echo of
+    the prompt, ROUGE-L novelty against every instruction accepted before it. Accepted ones join the pool now."""
+    rejected: list[Rejection] = []
 
+    def reject(rec: Record, reason: str, **details) -> None:
+        state.stats[f"rejected:{reason}"] += 1
+        rejected.append(Rejection(rec, reason, details, STAGE))
 
-def step(state: BootstrapState, teacher: Teacher, cfg: BootstrapConfig, fcfg: FilterConfig,
-         rng: random.Random) -> StepResult:
-    result = StepResult()
-    filters = InstructionFilters(fcfg)
-    n_requests = min(cfg.request_batch_size, cfg.max_generation_requests - state.requests)
-    requests = [_prompt(state, cfg, rng) for _ in range(n_requests)]
-    completions = teacher.generate(requests)
-    state.requests += len(requests)
-
-    # 1-3: parse and filter instructions, growing the pool as we go.
+    state.stats["responses"] += 1
+    response_id = f"bs-response-{g + 1:06d}"
+    if completion.finish_reason == REFUSED:
+        reject(Record(id=response_id, instruction="", source=STAGE), "teacher_refused", message=completion.text)
+        return rejected, []
+    if not completion.text.strip():
+        reject(Record(id=response_id, instruction="", source=STAGE), "empty_completion",
+               finish_reason=completion.finish_reason)
+        return rejected, []
+    items, cut = split_numbered_list(completion.text, completion.finish_reason)
+    if cut is not None:  # the length limit cut the last item short
+        reject(Record(id=f"{response_id}-cut", instruction=cut, source=STAGE), "truncated", finish_reason="length")
+    if not items:
+        reject(Record(id=response_id, instruction="", source=STAGE, meta={"response": completion.text[:2000]}),
+               "unparseable_response")
+        return rejected, []
+    state.stats["parsed_instructions"] += len(items)
+    prompt_text = " ".join(request.messages[-1]["content"].lower().split())
     accepted: list[Record] = []
-    for request, completion in zip(requests, completions):
-        state.stats["responses"] += 1
-        response_id = f"bs-response-{state.stats['responses']:06d}"
-        if not completion.text.strip():
-            _reject(result, state, Record(id=response_id, instruction="", source=STAGE), "empty_completion",
-                    finish_reason=completion.finish_reason)
+    for text in items:
+        task_id = f"bs-{state.next_task:06d}"
+        state.next_task += 1
+        rec = Record(id=task_id, task_id=task_id, instruction=text, source=STAGE, teacher_model=model)
+        if " ".join(text.lower().split()) in prompt_text:  # copied back from the prompt (an example, the ask)
+            reject(rec, "echoed_prompt")
             continue
-        items, cut = split_numbered_list(completion.text, completion.finish_reason)
-        if cut is not None:  # the length limit cut the last item short
-            _reject(result, state, Record(id=f"{response_id}-cut", instruction=cut, source=STAGE), "truncated",
-                    finish_reason="length")
-        if not items:
-            _reject(result, state, Record(id=response_id, instruction="", source=STAGE,
-                                          meta={"response": completion.text[:2000]}), "unparseable_response")
+        verdict = filters.check(text)
+        if verdict is not None:
+            reject(rec, verdict[0], **verdict[1])
             continue
-        state.stats["parsed_instructions"] += len(items)
-        prompt_text = " ".join(request.messages[-1]["content"].lower().split())
-        for text in items:
-            task_id = f"bs-{state.next_task:06d}"
-            state.next_task += 1
-            rec = Record(id=task_id, task_id=task_id, instruction=text, source=STAGE,
-                         teacher_model=teacher.model_name)
-            if " ".join(text.lower().split()) in prompt_text:  # copied back from the prompt (an example, the ask)
-                _reject(result, state, rec, "echoed_prompt")
-                continue
-            verdict = filters.check(text)
-            if verdict is not None:
-                _reject(result, state, rec, verdict[0], **verdict[1])
-                continue
-            match = state.index.nearest(text)
-            rec.nearest_id, rec.nearest_instruction, rec.rouge_l = match.nearest_id, match.nearest_text, match.score
-            if state.index.is_duplicate(match):
-                _reject(result, state, rec, "rouge_duplicate", nearest_id=match.nearest_id,
-                        nearest_instruction=match.nearest_text, rouge_l=match.score, threshold=fcfg.rouge_threshold)
-                continue
-            state.index.add(task_id, text)
-            accepted.append(rec)
-    if not accepted:
-        return result
+        match = state.index.nearest(text)
+        rec.nearest_id, rec.nearest_instruction, rec.rouge_l = match.nearest_id, match.nearest_text, match.score
+        if state.index.is_duplicate(match):
+            reject(rec, "rouge_duplicate", nearest_id=match.nearest_id, nearest_instruction=match.nearest_text,
+                   rouge_l=match.score, threshold=fcfg.rouge_threshold)
+            continue
+        state.index.add(task_id, text)
+        state.machine_instructions.append(text)
+        accepted.append(rec)
+    return rejected, accepted
 
-    # 4-5: classification identification and instance generation, then the instance filters per task.
-    generated = generate_instances(accepted, teacher, cfg)
+
+def _finish_task(state: BootstrapState, task: Record, generated: InstanceResult, cfg: BootstrapConfig,
+                 fcfg: FilterConfig, out: StepResult) -> None:
+    """The instance rules over one task's candidates; the task counts toward the target if any instance is kept."""
     state.stats.update(generated.stats)
     for rec, reason, details in generated.rejected:
-        _reject(result, state, rec, reason, **details)
-    by_task: dict[str, list[Record]] = {t.id: [] for t in accepted}
+        state.stats[f"rejected:{reason}"] += 1
+        out.rejected.append(Rejection(rec, reason, details, STAGE))
+    candidates = []
     for inst in generated.kept:
-        by_task[inst.task_id].append(inst)
-    for task in accepted:
-        candidates = []
-        for inst in by_task[task.id]:
-            verdict = check_instance(inst, fcfg)
-            if verdict is not None:
-                _reject(result, state, inst, verdict[0], **verdict[1])
-            else:
-                candidates.append(inst)
-        kept, dropped = check_task_instances(candidates, min(cfg.max_instances_per_task, fcfg.max_instances_per_task))
-        for inst, reason, details in dropped:
-            _reject(result, state, inst, reason, **details)
-        if kept:
-            state.tasks_kept += 1
-            state.machine_instructions.append(task.instruction)
-            state.stats["kept_instances"] += len(kept)
-            result.kept.extend(kept)
+        verdict = check_instance(inst, fcfg)
+        if verdict is not None:
+            state.stats[f"rejected:{verdict[0]}"] += 1
+            out.rejected.append(Rejection(inst, verdict[0], verdict[1], STAGE))
         else:
-            state.stats["tasks_without_instance"] += 1
-    return result
+            candidates.append(inst)
+    kept, dropped = check_task_instances(candidates, min(cfg.max_instances_per_task, fcfg.max_instances_per_task))
+    for inst, reason, details in dropped:
+        state.stats[f"rejected:{reason}"] += 1
+        out.rejected.append(Rejection(inst, reason, details, STAGE))
+    if kept:
+        state.tasks_kept += 1
+        state.stats["kept_instances"] += len(kept)
+        out.kept.extend(kept)
+    else:
+        state.stats["tasks_without_instance"] += 1
+
+
+async def run(state: BootstrapState, engine: Engine, cfg: BootstrapConfig, fcfg: FilterConfig,
+              emit: Callable[[StepResult], None]) -> None:
+    """Grow tasks until ``cfg.target_instructions`` of them have instances (or the request cap is reached).
+
+    Everything is in flight at once under the engine's limit: up to ``request_batch_size`` generation requests,
+    and the classification, label, input and answer requests of every instruction already accepted. Decisions
+    and output still follow one fixed order, so the result does not depend on which answer came back first:
+    generation answers are decided in request order, and results are emitted request by request, each request's
+    tasks in order, each task once all its instance requests are answered. The output stops at exactly the
+    target-th kept task; work in flight beyond it is dropped (its answers stay in the cache).
+    """
+    filters = InstructionFilters(fcfg)
+    target, window, cap = cfg.target_instructions, cfg.request_batch_size, cfg.max_generation_requests
+    sent: dict[int, tuple[ChatRequest, asyncio.Future]] = {}
+    blocks: deque[tuple[StepResult, list[tuple[Record, asyncio.Future]]]] = deque()
+    decided = in_progress = 0
+    accepted_total = decided_tasks = kept_tasks = 0
+
+    def expected_tasks() -> float:
+        """Tasks the work in flight will probably add: accepted ones times the keep rate so far, plus what the
+        outstanding generation requests will probably accept."""
+        keep_rate = kept_tasks / decided_tasks if decided_tasks else 1.0
+        per_request = accepted_total / decided if decided else float(cfg.new_per_request)
+        return keep_rate * (in_progress + per_request * (state.requests - decided))
+
+    def fill() -> None:
+        while (state.requests < cap and state.requests - decided < window
+               and state.tasks_kept + expected_tasks() < target):
+            g = state.requests
+            req = _prompt(state, cfg, g)
+            sent[g] = (req, asyncio.ensure_future(engine.complete(req, "generate")))
+            state.requests += 1
+
+    try:
+        fill()
+        while state.tasks_kept < target:
+            # Emit, in order, every request whose tasks are all answered.
+            while blocks and all(f.done() for _, f in blocks[0][1]):
+                result, tasks = blocks.popleft()
+                out = StepResult(rejected=result.rejected)
+                for task, fut in tasks:
+                    in_progress -= 1
+                    if state.tasks_kept >= target:
+                        continue  # past the target: dropped, not emitted
+                    before = state.tasks_kept
+                    _finish_task(state, task, fut.result(), cfg, fcfg, out)
+                    decided_tasks += 1
+                    kept_tasks += state.tasks_kept - before
+                emit(out)
+                if state.tasks_kept >= target:
+                    return
+            fill()
+            waiting = set()
+            if decided < state.requests:
+                waiting.add(sent[decided][1])
+            if blocks:
+                waiting.update(f for _, f in blocks[0][1] if not f.done())
+            if not waiting:
+                if not blocks and decided == state.requests:
+                    return  # the request cap is reached and everything is decided
+                continue
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            # Decide, in order, every generation answer that has arrived.
+            while decided < state.requests and sent[decided][1].done():
+                req, fut = sent.pop(decided)
+                rejected, accepted = _decide(state, filters, fcfg, decided, req, fut.result(), engine.model_name)
+                state.pool_sizes.append(len(state.machine_instructions))
+                accepted_total += len(accepted)
+                in_progress += len(accepted)
+                blocks.append((StepResult(rejected=rejected),
+                               [(t, asyncio.ensure_future(instances_for(t, engine, cfg))) for t in accepted]))
+                decided += 1
+    finally:
+        outstanding = [f for _, f in sent.values()] + [f for _, ts in blocks for _, f in ts]
+        for f in outstanding:
+            f.cancel()
+        if outstanding:
+            await asyncio.gather(*outstanding, return_exceptions=True)

@@ -1,6 +1,7 @@
 """Instance generation for new tasks: decide classification, then write (input, output) pairs.
 
-Every teacher call is a plain chat request a small instruction model can follow, batched over all tasks of a step:
+Every teacher call is a plain chat request a small instruction model can follow; one task's requests form a chain
+(each is sent the moment the one it depends on is answered), and the chains of all tasks run at once in the engine:
   - classification: the teacher's Yes/No (``classification = "teacher"``) or lexical rules (``"rules"``, the
     default for weak teachers, which answer Yes to everything);
   - input-first (other tasks): if the instruction refers to material to work on, the teacher writes that input;
@@ -17,7 +18,9 @@ from dataclasses import dataclass, field
 from ..config import BootstrapConfig
 from ..prompts import render_messages
 from ..records import Record
-from ..teachers import ChatRequest, Teacher
+from ..teachers import ChatRequest, Engine
+from ..teachers.base import REFUSED
+from ..teachers.engine import gather_or_cancel
 from .export import user_prompt
 from .parsing import parse_numbered_list, parse_yes_no
 
@@ -97,84 +100,72 @@ def instance_request(messages: list[dict[str, str]], decoding, instance: int = 0
     return ChatRequest(messages=messages, decoding=decoding, sample_key=f"instance-{instance}" if instance else "")
 
 
-def classify(tasks: list[Record], teacher: Teacher, cfg: BootstrapConfig, stats: Counter) -> None:
-    """Set ``is_classification`` on every task."""
+def _request(name: str, decoding, instance: int = 0, **values) -> ChatRequest:
+    return instance_request(render_messages(name, **values), decoding, instance)
+
+
+async def is_classification(task: Record, engine: Engine, cfg: BootstrapConfig, stats: Counter) -> bool:
     if cfg.classification == "rules":
-        for t in tasks:
-            t.is_classification = is_classification_by_rules(t.instruction)
-        return
-    answers = teacher.generate([instance_request(render_messages("classify", instruction=t.instruction),
-                                                 cfg.classification_decoding) for t in tasks])
-    for t, a in zip(tasks, answers):
-        verdict = parse_yes_no(a.text)
-        if verdict is None:
-            stats["classification_unparsed"] += 1
-        t.is_classification = bool(verdict)
+        return is_classification_by_rules(task.instruction)
+    answer = await engine.complete(_request("classify", cfg.classification_decoding, instruction=task.instruction),
+                                   "classify")
+    verdict = parse_yes_no(answer.text)
+    if verdict is None:
+        stats["classification_unparsed"] += 1
+    return bool(verdict)
 
 
-def generate_instances(tasks: list[Record], teacher: Teacher, cfg: BootstrapConfig) -> InstanceResult:
-    """(input, output) candidates for each task; rejections carry a reason. Instance filters run later."""
+async def instances_for(task: Record, engine: Engine, cfg: BootstrapConfig) -> InstanceResult:
+    """(input, output) candidates for one task, each request sent as soon as the one it depends on is answered;
+    rejections carry a reason. Instance filters run later."""
     res = InstanceResult()
-    classify(tasks, teacher, cfg, res.stats)
+    task.is_classification = await is_classification(task, engine, cfg, res.stats)
+    # (label or None, messages for the input, instance number): drafts whose input the teacher writes, or none.
+    drafts: list[tuple[str | None, list[dict], int]] = []
+    if task.is_classification:  # output-first: the labels, then an input for each
+        labels = labels_from_instruction(task.instruction)
+        if not labels:
+            reply = await engine.complete(_request("list_labels", cfg.labels_decoding, instruction=task.instruction),
+                                          "labels")
+            labels = parse_labels(reply.text) if reply.finish_reason != REFUSED else []
+        if not labels:
+            res.rejected.append((task, "no_class_labels", {}))
+            return res
+        drafts = [(lab, render_messages("write_input_for_label", instruction=task.instruction, label=lab), 0)
+                  for lab in labels[: cfg.max_instances_per_task]]
+    else:  # input-first: the input the instruction refers to, if any, then the answer on it
+        messages = render_messages("write_input", instruction=task.instruction) if needs_input(task.instruction) else []
+        drafts = [(None, messages, k) for k in range(cfg.instances_per_task)]
 
-    # Output-first: labels for classification tasks.
-    cls_tasks = [t for t in tasks if t.is_classification]
-    labels = {t.id: labels_from_instruction(t.instruction) for t in cls_tasks}
-    ask = [t for t in cls_tasks if not labels[t.id]]
-    replies = teacher.generate([instance_request(render_messages("list_labels", instruction=t.instruction),
-                                                 cfg.labels_decoding) for t in ask]) if ask else []
-    for t, r in zip(ask, replies):
-        labels[t.id] = parse_labels(r.text)
-    # (task, label or None) drafts whose input is written by the teacher; the rest need no input.
-    drafts: list[tuple[Record, str | None, list[dict], int]] = []
-    for t in tasks:
-        if t.is_classification:
-            if not labels[t.id]:
-                res.rejected.append((t, "no_class_labels", {}))
-                continue
-            for lab in labels[t.id][: cfg.max_instances_per_task]:
-                drafts.append((t, lab, render_messages("write_input_for_label", instruction=t.instruction, label=lab),
-                               0))
-        elif needs_input(t.instruction):
-            for k in range(cfg.instances_per_task):
-                drafts.append((t, None, render_messages("write_input", instruction=t.instruction), k))
-        else:
-            for k in range(cfg.instances_per_task):
-                drafts.append((t, None, [], k))
-
-    written = teacher.generate([instance_request(m, cfg.input_decoding, k) for _, _, m, k in drafts if m])
-    it = iter(written)
-    pending: list[tuple[Record, str | None, str, int]] = []
-    for t, lab, messages, k in drafts:
+    async def one(label: str | None, messages: list[dict], k: int) -> tuple[Record | None, str, dict, str]:
         inp = ""
         if messages:
-            reply = next(it)
+            reply = await engine.complete(instance_request(messages, cfg.input_decoding, k), "input")
+            if reply.finish_reason == REFUSED:
+                return None, "teacher_refused", {"label": label, "message": reply.text}, ""
             if reply.finish_reason == "length":
-                res.rejected.append((t, "truncated_input", {"label": lab}))
-                continue
+                return None, "truncated_input", {"label": label}, ""
             inp = clean_input(reply.text)
             if not inp:
-                res.rejected.append((t, "empty_input", {"label": lab}))
-                continue
-        pending.append((t, lab, inp, k))
+                return None, "empty_input", {"label": label}, ""
+        if label is not None:  # classification: the label is the output
+            return None, "", {}, inp
+        reply = await engine.complete(instance_request([{"role": "user", "content": user_prompt(task.instruction, inp)}],
+                                                       cfg.answer_decoding, k), "answer")
+        with_answer = Record(**{**task.to_dict(), "input": inp, "output": reply.text})
+        if reply.finish_reason == REFUSED:
+            return with_answer, "teacher_refused", {"message": reply.text}, inp
+        if reply.finish_reason == "length":
+            return with_answer, "truncated_output", {}, inp
+        return None, "", {"output": reply.text.strip()}, inp
 
-    # Input-first tasks are answered by the teacher; classification tasks take their label as the output.
-    to_answer = [(t, inp, k) for t, lab, inp, k in pending if lab is None]
-    answers = teacher.generate([instance_request([{"role": "user", "content": user_prompt(t.instruction, inp)}],
-                                                 cfg.answer_decoding, k) for t, inp, k in to_answer])
-    answer_of = iter(answers)
-    counters: Counter = Counter()
-    for t, lab, inp, _ in pending:
-        if lab is None:
-            reply = next(answer_of)
-            if reply.finish_reason == "length":
-                res.rejected.append((Record(**{**t.to_dict(), "input": inp, "output": reply.text}),
-                                     "truncated_output", {}))
-                continue
-            output = reply.text.strip()
-        else:
-            output = lab
-        k = counters[t.id]
-        counters[t.id] += 1
-        res.kept.append(Record(**{**t.to_dict(), "id": f"{t.task_id}-{k}", "input": inp, "output": output}))
+    outcomes = await gather_or_cancel(one(lab, m, k) for lab, m, k in drafts)
+    n = 0
+    for (label, _, _), (rec, reason, details, inp) in zip(drafts, outcomes):
+        if reason:
+            res.rejected.append((rec or task, reason, details))
+            continue
+        output = label if label is not None else details["output"]
+        res.kept.append(Record(**{**task.to_dict(), "id": f"{task.task_id}-{n}", "input": inp, "output": output}))
+        n += 1
     return res

@@ -1,4 +1,5 @@
-"""The one interface every teacher implements: a batch of chat requests in, completions out."""
+"""What every teacher backend implements (send one chat request, once) and what a request and its answer are.
+Retries, concurrency, the cache and the budget are the engine's (``engine.py``), the same for every backend."""
 from __future__ import annotations
 
 import hashlib
@@ -68,18 +69,32 @@ class Usage:
         }
 
 
-class Teacher(Protocol):
-    """A language model that answers chat requests.
+REFUSED = "refused"  # finish_reason of a request the teacher can never answer (the text is the server's message)
+MAX_RETRY_AFTER_S = 120.0
 
-    ``generate`` returns one Completion per request, in order, and calls ``on_result`` as each one completes (so
-    a cache can keep it even if the process dies before the batch ends). It raises ``TeacherError`` when a
-    request still fails after the backend's bounded retries.
-    """
+
+class Transient(Exception):
+    """A failure worth another try: 429, 5xx, timeout, connection reset, an unreadable body. ``congestion``: the
+    server says it is overloaded (429, 503), so the engine should send less at once."""
+
+    def __init__(self, kind: str, message: str, retry_after: float = 0.0, congestion: bool = False):
+        super().__init__(message)
+        self.kind, self.retry_after, self.congestion = kind, min(retry_after, MAX_RETRY_AFTER_S), congestion
+
+
+class Refused(Exception):
+    """The teacher says this request can never succeed (HTTP 400 and the like): the message is the server's."""
+
+
+class Backend(Protocol):
+    """Sends one request, once. Raises ``Transient`` (the engine retries), ``Refused`` (never retried; the record
+    is rejected as ``teacher_refused``) or ``TeacherError`` (nothing can succeed: a bad key, no such model).
+    Anything else is a bug in our code and propagates."""
 
     backend: str
     model_name: str
-    usage: Usage
+    max_parallel: int | None  # a hard cap of the backend itself (llama.cpp in-process answers one at a time)
 
-    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]: ...
+    async def send(self, req: ChatRequest) -> Completion: ...
 
-    def close(self) -> None: ...
+    async def aclose(self) -> None: ...

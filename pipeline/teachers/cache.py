@@ -1,4 +1,4 @@
-"""A request cache and spending budget in front of any teacher.
+"""The request cache and the spending budget, which the engine (``engine.py``) puts in front of every backend.
 
 Every completed request is stored in SQLite (``<run>/cache.sqlite``) the moment it completes, keyed by a hash of
 backend, model, messages (the rendered template), decoding parameters and sample key. A resumed run therefore never
@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import ChatRequest, Completion, OnResult, Teacher, Usage
+from .base import Completion
 
 
 class BudgetExhausted(Exception):
@@ -28,7 +28,8 @@ class Spent:
 class RequestCache:
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None)  # autocommit: each insert is durable on its own
+        # autocommit: each insert is durable on its own. The engine's thread writes, the run's thread reads totals.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
@@ -78,65 +79,6 @@ class Budget:
         if self.max_cost_usd is not None and cost is not None and cost >= self.max_cost_usd:
             return f"cost budget reached (${cost:.4f} >= ${self.max_cost_usd})"
         return None
-
-
-class CachedTeacher:
-    """Wraps a teacher: answers from the cache where it can, sends only the rest, stores each answer at once.
-    Before sending anything it checks the budget against everything this run has paid for so far."""
-
-    def __init__(self, inner: Teacher, cache: RequestCache, budget: Budget | None = None):
-        self.inner, self.cache, self.budget = inner, cache, budget or Budget()
-        self.backend = inner.backend
-        self.model_name = inner.model_name
-        self.usage = Usage()
-
-    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
-        keys = [r.key(self.backend, self.model_name) for r in requests]
-        results: list[Completion | None] = [self.cache.get(k) for k in keys]
-        for i, c in enumerate(results):
-            if c is not None:
-                self.usage.cache_hits += 1
-                if on_result:
-                    on_result(i, c)
-        # Identical requests in one batch are sent once and the answer shared: each paid completion is one cache
-        # row, so what the budget and the manifest count is what was paid for.
-        waiting: dict[str, list[int]] = {}
-        for i, c in enumerate(results):
-            if c is None:
-                waiting.setdefault(keys[i], []).append(i)
-        missing = [idx[0] for idx in waiting.values()]
-        if missing:
-            spent = self.cache.spent()
-            reason = self.budget.exceeded(spent)
-            if reason:
-                raise BudgetExhausted(reason)
-            # The request budget is exact: send only what it still allows, keep those answers, then stop. Token
-            # and cost budgets are checked before each batch (a batch's size is unknown until it is answered).
-            allowed = self.budget.requests_left(spent)
-            held_back = missing[allowed:] if allowed is not None else []
-            missing = missing[:allowed] if allowed is not None else missing
-
-            def store(j: int, c: Completion) -> None:
-                key = keys[missing[j]]
-                self.cache.put(key, c)
-                for i in waiting[key]:
-                    results[i] = c
-                    if on_result:
-                        on_result(i, c)
-
-            before = self.inner.usage.retries
-            self.inner.generate([requests[i] for i in missing], on_result=store)
-            for i in missing:
-                self.usage.add(results[i])
-            self.usage.retries += self.inner.usage.retries - before
-            self.usage.retries_by_kind = dict(self.inner.usage.retries_by_kind)
-            if held_back:
-                raise BudgetExhausted(self.budget.exceeded(self.cache.spent()) or "request budget reached")
-        return results  # type: ignore[return-value]
-
-    def close(self) -> None:
-        self.inner.close()
-        self.cache.close()
 
 
 def describe_spent(spent: Spent, budget: Budget) -> dict:

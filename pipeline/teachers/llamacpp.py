@@ -1,17 +1,20 @@
 """The embedded default teacher: a GGUF run in-process by llama-cpp-python (no network, no GPU)."""
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
-from .base import ChatRequest, Completion, OnResult, Usage
+from .base import ChatRequest, Completion, Refused
 from .embedded import embedded_model_path, ensure_runs
 
 
-class LlamaCppTeacher:
+class LlamaCppBackend:
     backend = "llamacpp"
+    max_parallel = 1
 
     def __init__(self, cfg: TeacherConfig):
         try:
@@ -22,7 +25,7 @@ class LlamaCppTeacher:
         if not path.is_file():
             raise InputError("config", f"GGUF not found: {path}", field="teacher.model")
         self.model_name = path.name.removesuffix(".gguf")
-        self.usage = Usage()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
         # A llama.cpp compiled for another CPU dies by SIGILL in-process, which no handler can turn into a message:
         # one generation in a child process first (remembered per build, CPU and model) fails with a clear line.
         ensure_runs(path)
@@ -34,36 +37,36 @@ class LlamaCppTeacher:
             verbose=False,
         )
 
-    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
-        out = []
-        for i, req in enumerate(requests):
-            d = req.decoding
-            try:
-                resp = self._llm.create_chat_completion(
-                    messages=req.messages,
-                    temperature=d.temperature,
-                    top_p=d.top_p,
-                    max_tokens=d.max_tokens,
-                    presence_penalty=d.presence_penalty,
-                    frequency_penalty=d.frequency_penalty,
-                    stop=d.stop or None,
-                    seed=req.sampling_seed(),
-                )
-            except ValueError as e:  # e.g. the prompt does not fit the context window
-                raise TeacherError(f"llama.cpp rejected a request: {e}") from None
-            choice = resp["choices"][0]
-            usage = resp.get("usage") or {}
-            c = Completion(
-                text=choice["message"].get("content") or "",
-                finish_reason=choice.get("finish_reason") or "stop",
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
+    def _complete(self, req: ChatRequest) -> Completion:
+        d = req.decoding
+        try:
+            resp = self._llm.create_chat_completion(
+                messages=req.messages,
+                temperature=d.temperature,
+                top_p=d.top_p,
+                max_tokens=d.max_tokens,
+                presence_penalty=d.presence_penalty,
+                frequency_penalty=d.frequency_penalty,
+                stop=d.stop or None,
+                seed=req.sampling_seed(),
             )
-            self.usage.add(c)
-            out.append(c)
-            if on_result:
-                on_result(i, c)
-        return out
+        except ValueError as e:  # e.g. the prompt does not fit the context window: this request never will
+            raise Refused(f"llama.cpp rejected the request: {e}") from None
+        choice = resp["choices"][0]
+        usage = resp.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=usage.get("prompt_tokens", 0),
+            completion_tokens=usage.get("completion_tokens", 0),
+        )
 
-    def close(self) -> None:
-        self._llm.close() if hasattr(self._llm, "close") else None
+    async def send(self, req: ChatRequest) -> Completion:
+        # The model answers one request at a time (max_parallel = 1), in a worker thread so the engine's loop
+        # stays free to decide and write while it computes.
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._complete, req)
+
+    async def aclose(self) -> None:
+        self._worker.shutdown(wait=True)
+        if hasattr(self._llm, "close"):
+            self._llm.close()

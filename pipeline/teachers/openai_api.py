@@ -1,75 +1,46 @@
-"""Any OpenAI-compatible chat API: OpenAI itself, a vLLM server, a llama.cpp server.
+"""Any OpenAI-compatible chat API: OpenAI itself, a vLLM server, a llama.cpp server, TGI.
 
-Requests in a batch run concurrently (bounded by ``teacher.concurrency``). Transient failures (429, 5xx,
-timeouts, connection errors, unreadable bodies) are retried by tenacity with exponential backoff and jitter,
-waiting at least as long as a ``Retry-After`` header asks. The API key is read from the environment variable the
+The backend sends one request once, on one persistent connection pool for the run, and sorts every failure into
+what the engine does with it: ``Transient`` (429, 408/409, 5xx, timeouts, connection errors, unreadable bodies:
+retried, 429/503 also shrink the window), ``Refused`` (400, 413, 422: this request can never succeed) or
+``TeacherError`` (401, 403, 404: nothing will succeed). The API key is read from the environment variable the
 config names, and never stored anywhere else.
 """
 from __future__ import annotations
 
-import asyncio
+import email.utils
 import os
+import time
 
 import openai
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
-from .base import ChatRequest, Completion, OnResult, Usage
+from .base import ChatRequest, Completion, Refused, Transient
 
-MAX_RETRY_AFTER_S = 120.0
-
-
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                        openai.InternalServerError)):
-        return True
-    if isinstance(exc, openai.APIStatusError):
-        return exc.status_code in (408, 409, 429) or exc.status_code >= 500
-    # A 200 whose body is not the JSON we expect (truncated, invalid) is worth another try.
-    return isinstance(exc, (ValueError, KeyError, IndexError, TypeError, _MalformedResponse))
+CONGESTION = (429, 503)
 
 
-class _MalformedResponse(Exception):
-    pass
-
-
-def _kind(exc: BaseException) -> str:
-    if isinstance(exc, openai.APIStatusError):
-        return f"http_{exc.status_code}"
-    if isinstance(exc, openai.APITimeoutError):
-        return "timeout"
-    if isinstance(exc, openai.APIConnectionError):
-        return "connection"
-    return "malformed_response"
-
-
-def _retry_after(exc: BaseException | None) -> float:
-    response = getattr(exc, "response", None)
-    if response is None:
+def retry_after_seconds(value: str | None, now: float | None = None) -> float:
+    """A Retry-After header in seconds, either form HTTP allows: a number, or an HTTP date."""
+    if not value:
         return 0.0
-    value = response.headers.get("retry-after")
     try:
-        return min(float(value), MAX_RETRY_AFTER_S) if value is not None else 0.0
+        return max(float(value), 0.0)
     except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
         return 0.0
+    return max(when - (time.time() if now is None else now), 0.0)
 
 
-class _WaitHonouringRetryAfter:
-    """Exponential backoff with jitter, but never shorter than the server's Retry-After."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 30.0):
-        self._backoff = wait_exponential_jitter(multiplier=initial, max=maximum)
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        return max(self._backoff(state), _retry_after(exc))
-
-
-class OpenAITeacher:
+class OpenAIBackend:
     backend = "openai"
+    max_parallel = None
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: TeacherConfig, pool_size: int):
         if not cfg.model:
             raise InputError("config", "the openai backend needs a model name", field="teacher.model")
         api_key = "not-needed"
@@ -82,71 +53,56 @@ class OpenAITeacher:
         self.cfg = cfg
         self._secret = api_key if cfg.api_key_env else None
         self.model_name = cfg.model
-        self.usage = Usage()
-        self._client_kwargs = dict(base_url=cfg.base_url or None, api_key=api_key, max_retries=0,
-                                   timeout=cfg.timeout_s)
+        self._api_key, self._pool_size = api_key, pool_size
+        self._client: openai.AsyncOpenAI | None = None
 
-    async def _one(self, client: openai.AsyncOpenAI, sem: asyncio.Semaphore, req: ChatRequest, index: int,
-                   on_result: OnResult | None) -> Completion:
+    def _redact(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text  # servers echo keys in error text
+
+    def _client_now(self) -> openai.AsyncOpenAI:
+        """One client (one connection pool) for the whole run, made inside the engine's event loop."""
+        if self._client is None:
+            import httpx
+
+            limits = httpx.Limits(max_connections=self._pool_size, max_keepalive_connections=self._pool_size)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.cfg.base_url or None, api_key=self._api_key, max_retries=0, timeout=self.cfg.timeout_s,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.cfg.timeout_s))
+        return self._client
+
+    async def send(self, req: ChatRequest) -> Completion:
         d = req.decoding
         kwargs = dict(model=self.cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
                       max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
-                      frequency_penalty=d.frequency_penalty)
+                      frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
         if d.stop:
             kwargs["stop"] = d.stop
-        kwargs["seed"] = req.sampling_seed()
+        try:
+            resp = await self._client_now().chat.completions.create(**kwargs)
+        except openai.APITimeoutError as e:
+            raise Transient("timeout", self._redact(str(e))) from None
+        except openai.APIConnectionError as e:  # resets, refused connections, truncated bodies
+            raise Transient("connection", self._redact(str(e))) from None
+        except openai.APIStatusError as e:
+            code, msg = e.status_code, self._redact(f"HTTP {e.status_code}: {e.message}")
+            if code in CONGESTION or code in (408, 409) or code >= 500:
+                raise Transient(f"http_{code}", msg, retry_after_seconds(e.response.headers.get("retry-after")),
+                                congestion=code in CONGESTION) from None
+            if code in (401, 403, 404):
+                raise TeacherError(f"teacher {self.cfg.model} at {self.cfg.base_url or 'api.openai.com'}: {msg}") \
+                    from None
+            raise Refused(msg) from None
+        except ValueError as e:  # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
+            raise Transient("malformed_response", self._redact(str(e))) from None
+        choices = getattr(resp, "choices", None)
+        if not choices or getattr(choices[0], "message", None) is None:
+            raise Transient("malformed_response", "the response has no choices")
+        choice, usage = choices[0], getattr(resp, "usage", None)
+        return Completion(text=choice.message.content or "", finish_reason=choice.finish_reason or "stop",
+                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
 
-        def count_retry(state: RetryCallState) -> None:
-            kind = _kind(state.outcome.exception())
-            self.usage.retries += 1
-            self.usage.retries_by_kind[kind] = self.usage.retries_by_kind.get(kind, 0) + 1
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.cfg.max_retries + 1),
-            wait=_WaitHonouringRetryAfter(),
-            after=count_retry,
-            reraise=True,
-        )
-        async with sem:
-            try:
-                async for attempt in retrying:
-                    with attempt:
-                        resp = await client.chat.completions.create(**kwargs)
-                        if not getattr(resp, "choices", None):
-                            raise _MalformedResponse("response has no choices")
-                        choice = resp.choices[0]
-                        text = choice.message.content or ""
-            except Exception as e:  # noqa: BLE001 - every failure becomes one clear TeacherError
-                msg = (f"teacher {self.cfg.model} at {self.cfg.base_url or 'api.openai.com'} failed "
-                       f"after {self.cfg.max_retries} retries: {type(e).__name__}: {e}")
-                if self._secret:  # servers sometimes echo the key back in their error text
-                    msg = msg.replace(self._secret, "***")
-                raise TeacherError(msg) from None
-        usage = resp.usage
-        c = Completion(
-            text=text,
-            finish_reason=choice.finish_reason or "stop",
-            prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-            completion_tokens=getattr(usage, "completion_tokens", 0) or 0,
-        )
-        self.usage.add(c)
-        if on_result:
-            on_result(index, c)
-        return c
-
-    async def _batch(self, requests: list[ChatRequest], on_result: OnResult | None) -> list[Completion]:
-        sem = asyncio.Semaphore(self.cfg.concurrency)
-        async with openai.AsyncOpenAI(**self._client_kwargs) as client:
-            tasks = [asyncio.ensure_future(self._one(client, sem, r, i, on_result)) for i, r in enumerate(requests)]
-            try:
-                return list(await asyncio.gather(*tasks))
-            finally:
-                for t in tasks:  # one request failed for good: do not leave the others running
-                    t.cancel()
-
-    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
-        return asyncio.run(self._batch(requests, on_result))
-
-    def close(self) -> None:
-        pass
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None

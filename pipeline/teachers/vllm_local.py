@@ -1,15 +1,24 @@
-"""vLLM in-process (optional extra ``gpu``): batched generation on a local CUDA GPU."""
+"""vLLM in-process (optional extra ``gpu``): batched generation on a local CUDA GPU.
+
+The engine sends requests one by one; this backend gathers the requests that arrive while the GPU is busy and
+gives them to ``vllm.LLM.chat`` as one batch (vLLM schedules a batch's sequences together), in a worker thread
+so the engine keeps deciding and writing meanwhile. Not testable without a GPU: kept thin.
+"""
 from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
-from .base import ChatRequest, Completion, OnResult, Usage
+from .base import ChatRequest, Completion
 
 
-class VLLMTeacher:
+class VLLMBackend:
     backend = "vllm"
+    max_parallel = None
 
-    def __init__(self, cfg: TeacherConfig):
+    def __init__(self, cfg: TeacherConfig, max_batch: int = 1024):
         if not cfg.model:
             raise InputError("config", "the vllm backend needs a model (HF id or local dir)", field="teacher.model")
         try:
@@ -24,13 +33,15 @@ class VLLMTeacher:
         except ImportError as e:
             raise TeacherError(f"the vllm backend needs vllm: pip install 'instruct-pipeline[gpu]' ({e})") from None
         self.model_name = cfg.model
-        self.usage = Usage()
+        self.max_batch = max_batch
         self._llm = LLM(model=cfg.model, seed=cfg.seed, **cfg.vllm_engine_args)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm")
+        self._queue: list[tuple[ChatRequest, asyncio.Future]] = []
+        self._running = False
 
-    def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None) -> list[Completion]:
+    def _chat(self, requests: list[ChatRequest]) -> list[Completion]:
         from vllm import SamplingParams
 
-        # vLLM batches everything it is given; requests with identical decoding share one call.
         params = [
             SamplingParams(temperature=r.decoding.temperature, top_p=r.decoding.top_p or 1.0,
                            max_tokens=r.decoding.max_tokens, presence_penalty=r.decoding.presence_penalty,
@@ -39,16 +50,36 @@ class VLLMTeacher:
             for r in requests
         ]
         outputs = self._llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
-        result = []
-        for i, out in enumerate(outputs):
-            gen = out.outputs[0]
-            c = Completion(text=gen.text, finish_reason=gen.finish_reason or "stop",
-                           prompt_tokens=len(out.prompt_token_ids or []), completion_tokens=len(gen.token_ids))
-            self.usage.add(c)
-            result.append(c)
-            if on_result:
-                on_result(i, c)
-        return result
+        return [Completion(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason or "stop",
+                           prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(o.outputs[0].token_ids))
+                for o in outputs]
 
-    def close(self) -> None:
-        pass
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch:]
+                try:
+                    results = await loop.run_in_executor(self._worker, self._chat, [r for r, _ in batch])
+                except Exception as e:  # noqa: BLE001 - the batch's callers each get the error
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(e)
+                    continue
+                for (_, fut), c in zip(batch, results):
+                    if not fut.done():
+                        fut.set_result(c)
+        finally:
+            self._running = False
+
+    async def send(self, req: ChatRequest) -> Completion:
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((req, fut))
+        if not self._running:
+            self._running = True
+            await asyncio.sleep(0)  # let the requests submitted in this turn of the loop join the first batch
+            asyncio.ensure_future(self._drain())
+        return await fut
+
+    async def aclose(self) -> None:
+        self._worker.shutdown(wait=True)

@@ -1,12 +1,10 @@
 """The bootstrap stage keeps only what the filter stage keeps: both use one set of instance rules, so the target
 counts tasks that reach the dataset."""
-import random
-
 from pipeline.config import BootstrapConfig, FilterConfig
 from pipeline.filters.chain import filter_records
 from pipeline.io.readers import load_seed_file
 from pipeline.stages import bootstrap
-from pipeline.teachers import Completion, Usage
+from pipeline.teachers import Completion, Engine
 from tests.conftest import OUR_SEEDS
 
 INSTRUCTIONS = [
@@ -27,33 +25,50 @@ ANSWERS = {  # by the instruction's first word
 }
 
 
-class ScriptedTeacher:
+class ScriptedBackend:
+    """Answers generation prompts with the six instructions and each task's request by its first word."""
+
     backend = model_name = "scripted"
+    max_parallel = None
+    cut = False  # answer generation prompts as if the length limit cut a seventh item
 
-    def __init__(self) -> None:
-        self.usage = Usage()
+    async def send(self, r):
+        text = r.messages[-1]["content"]
+        if text.startswith("Here are some example tasks"):
+            reply = "\n".join(f"{k}. {t}" for k, t in enumerate(INSTRUCTIONS, start=1))
+            if self.cut:
+                return Completion(reply + "\n7. Write a haiku about", "length", 10, 10)
+        else:
+            reply = ANSWERS[text.split()[0]]
+        return Completion(reply, "stop", 10, 10)
 
-    def generate(self, requests, on_result=None):
-        out = []
-        for r in requests:
-            text = r.messages[-1]["content"]
-            if text.startswith("Here are some example tasks"):
-                reply = "\n".join(f"{k}. {t}" for k, t in enumerate(INSTRUCTIONS, start=1))
-            else:
-                reply = ANSWERS[text.split()[0]]
-            c = Completion(reply, "stop", 10, 10)
-            self.usage.add(c)
-            if on_result:
-                on_result(len(out), c)
-            out.append(c)
-        return out
+    async def aclose(self):
+        pass
+
+
+def one_request(backend, fcfg=None):
+    """Bootstrap over one generation request (target above what it can give, cap of one request)."""
+    seeds = load_seed_file(OUR_SEEDS)
+    fcfg = fcfg or FilterConfig()
+    state = bootstrap.BootstrapState.start(seeds, fcfg)
+    result = bootstrap.StepResult()
+
+    def emit(r):
+        result.kept.extend(r.kept)
+        result.rejected.extend(r.rejected)
+
+    engine = Engine(backend)
+    try:
+        engine.run(bootstrap.run(state, engine, BootstrapConfig(request_batch_size=1, max_generation_requests=1,
+                                                                target_instructions=100), fcfg, emit))
+    finally:
+        engine.close()
+    return seeds, state, result
 
 
 def test_bootstrap_keeps_only_what_the_filter_stage_keeps():
-    seeds = load_seed_file(OUR_SEEDS)
     fcfg = FilterConfig()
-    state = bootstrap.BootstrapState.start(seeds, fcfg)
-    result = bootstrap.step(state, ScriptedTeacher(), BootstrapConfig(request_batch_size=1), fcfg, random.Random(0))
+    seeds, state, result = one_request(ScriptedBackend(), fcfg)
     reasons = {r.record.instruction.split()[0]: r.reason for r in result.rejected}
     assert reasons == {"Suggest": "ai_boilerplate", "Explain": "repeated_ngrams", "Outline": "refusal"}
     kept_tasks = {r.task_id for r in result.kept}
@@ -64,16 +79,74 @@ def test_bootstrap_keeps_only_what_the_filter_stage_keeps():
 
 
 def test_a_cut_response_loses_its_last_item_once():
-    class Cut(ScriptedTeacher):
-        def generate(self, requests, on_result=None):
-            out = super().generate(requests, on_result)
-            if requests and requests[0].messages[-1]["content"].startswith("Here are some example tasks"):
-                out = [Completion(c.text + "\n7. Write a haiku about", "length", 10, 10) for c in out]
-            return out
-
-    seeds = load_seed_file(OUR_SEEDS)
-    state = bootstrap.BootstrapState.start(seeds, FilterConfig())
-    result = bootstrap.step(state, Cut(), BootstrapConfig(request_batch_size=1), FilterConfig(), random.Random(0))
+    backend = ScriptedBackend()
+    backend.cut = True
+    _, state, result = one_request(backend)
     cut = [r for r in result.rejected if r.reason == "truncated"]
     assert [r.record.instruction for r in cut] == ["Write a haiku about"]
     assert state.tasks_kept == 3  # the six complete items were all parsed
+
+
+class VariedBackend:
+    """New instructions derived from the prompt itself (the same prompt always gets the same answer), each request
+    answered after a random delay: the order answers arrive in differs from run to run."""
+
+    backend = model_name = "varied"
+    max_parallel = None
+
+    def __init__(self, delay_seed: int):
+        import random
+
+        self.rng = random.Random(delay_seed)
+        self.prompts: list[str] = []
+
+    async def send(self, r):
+        import asyncio
+        import hashlib
+
+        await asyncio.sleep(self.rng.uniform(0, 0.02))
+        text = r.messages[-1]["content"]
+        if text.startswith("Here are some example tasks"):
+            self.prompts.append(text)
+            vocab = ["river", "copper", "lantern", "meadow", "orbit", "pepper", "quartz", "saddle", "tundra",
+                     "velvet", "walnut", "yarrow", "harbor", "glacier", "falcon", "ember", "violin", "cactus",
+                     "marble", "thunder", "pilgrim", "oyster", "canyon", "biscuit", "comet", "ledger", "mosaic",
+                     "nectar", "parsley", "raven", "signal", "timber"]
+            items = []
+            for k in range(10):  # ten unrelated instructions, fixed by the prompt's text
+                h = hashlib.sha256(f"{k}:{text}".encode()).digest()
+                items.append("Explain " + " ".join(vocab[b % len(vocab)] for b in h[:9]))
+            return Completion("\n".join(f"{k}. {t}" for k, t in enumerate(items, 1)), "stop", 10, 10)
+        return Completion(f"An answer about {text[:40]}", "stop", 10, 10)
+
+    async def aclose(self):
+        pass
+
+
+def _stream(delay_seed: int, target: int, window: int = 4):
+    seeds = load_seed_file(OUR_SEEDS)
+    fcfg = FilterConfig()
+    state = bootstrap.BootstrapState.start(seeds, fcfg)
+    emitted: list[tuple[str, str]] = []
+    backend = VariedBackend(delay_seed)
+    engine = Engine(backend, concurrency=16)
+    try:
+        engine.run(bootstrap.run(state, engine, BootstrapConfig(request_batch_size=window, new_per_request=10,
+                                                                target_instructions=target), fcfg,
+                                 lambda r: emitted.extend([("kept", x.id) for x in r.kept] +
+                                                          [(x.reason, x.record.id) for x in r.rejected])))
+    finally:
+        engine.close()
+    return state, emitted, backend
+
+
+def test_streaming_result_does_not_depend_on_answer_order_and_meets_the_target_exactly():
+    state_a, out_a, backend = _stream(delay_seed=1, target=77)
+    state_b, out_b, _ = _stream(delay_seed=2, target=77)
+    assert out_a == out_b  # same records, same order, whatever order the answers came back in
+    kept_tasks = {rid.rsplit("-", 1)[0] for kind, rid in out_a if kind == "kept"}
+    assert state_a.tasks_kept == len(kept_tasks) == 77
+    # After the first window, prompts show machine-generated instructions (2 of 8), as Self-Instruct does.
+    machine = set(state_a.machine_instructions)
+    shown = [sum(line.removeprefix("- ") in machine for line in p.splitlines()) for p in backend.prompts]
+    assert shown[:4] == [0, 0, 0, 0] and all(n == 2 for n in shown[4:]) and len(shown) > 4

@@ -1,22 +1,36 @@
-"""The request cache and the budget in front of the real embedded teacher: a repeated request is answered from the
-cache, never sent twice; the request budget is exact; a model with no price has an unknown cost, never $0."""
+"""The engine's request cache and budget in front of the real embedded teacher: a repeated request is answered from
+the cache, never sent twice; the request budget is exact; a model with no price has an unknown cost, never $0."""
 import sqlite3
 
 import pytest
 
 from pipeline.config import Decoding, TeacherConfig
-from pipeline.teachers import ChatRequest, make_teacher
-from pipeline.teachers.cache import Budget, BudgetExhausted, CachedTeacher, RequestCache, describe_spent
+from pipeline.teachers import ChatRequest, Engine, make_backend
+from pipeline.teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spent
 
 SHORT = Decoding(temperature=0.0, top_p=1.0, max_tokens=6)
 QUESTIONS = ["Name a colour.", "Name a fruit.", "Name a planet."]
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    t = make_teacher(TeacherConfig())
-    yield t
-    t.close()
+def backend():
+    b = make_backend(TeacherConfig())
+    yield b
+    Engine(b).close()
+
+
+@pytest.fixture
+def engines(backend):
+    """Engines over the one real backend, each with its own cache and budget, as successive sessions would be."""
+    made: list[Engine] = []
+
+    def make(cache, budget=None) -> Engine:
+        made.append(Engine(backend, cache, budget))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close(close_backend=False)
 
 
 def _requests() -> list[ChatRequest]:
@@ -28,47 +42,34 @@ def _rows(path) -> int:
         return db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
 
-class _Shared:
-    """The real teacher, kept open across CachedTeacher instances (CachedTeacher.close closes its inner one)."""
-
-    def __init__(self, inner):
-        self.inner, self.backend, self.model_name, self.usage = inner, inner.backend, inner.model_name, inner.usage
-
-    def generate(self, requests, on_result=None):
-        return self.inner.generate(requests, on_result=on_result)
-
-    def close(self):
-        pass
-
-
-def test_a_repeated_request_is_answered_from_the_cache(teacher, tmp_path):
+def test_a_repeated_request_is_answered_from_the_cache(engines, tmp_path):
     cache = RequestCache(tmp_path / "cache.sqlite")
-    first = CachedTeacher(_Shared(teacher), cache)
+    first = engines(cache)
     texts = [c.text for c in first.generate(_requests())]
     assert first.usage.requests == 3 and first.usage.cache_hits == 0 and all(texts)
-    again = CachedTeacher(_Shared(teacher), cache)
+    again = engines(cache)
     assert [c.text for c in again.generate(_requests())] == texts
     assert again.usage.requests == 0 and again.usage.cache_hits == 3
     assert _rows(tmp_path / "cache.sqlite") == 3
 
 
-def test_the_request_budget_is_exact_and_a_larger_one_resumes(teacher, tmp_path):
+def test_the_request_budget_is_exact_and_a_larger_one_resumes(engines, tmp_path):
     cache = RequestCache(tmp_path / "cache.sqlite")
     seen: list[int] = []
-    capped = CachedTeacher(_Shared(teacher), cache, Budget(max_requests=2))
+    capped = engines(cache, Budget(max_requests=2))
     with pytest.raises(BudgetExhausted, match="request budget reached"):
         capped.generate(_requests(), on_result=lambda i, c: seen.append(i))
     assert sorted(seen) == [0, 1] and _rows(tmp_path / "cache.sqlite") == 2  # paid answers are kept
     with pytest.raises(BudgetExhausted):  # nothing more is sent once the budget is spent
-        CachedTeacher(_Shared(teacher), cache, Budget(max_requests=2)).generate(_requests()[2:])
-    larger = CachedTeacher(_Shared(teacher), cache, Budget(max_requests=5))
+        engines(cache, Budget(max_requests=2)).generate(_requests()[2:])
+    larger = engines(cache, Budget(max_requests=5))
     assert len(larger.generate(_requests())) == 3
     assert larger.usage.cache_hits == 2 and larger.usage.requests == 1 and _rows(tmp_path / "cache.sqlite") == 3
 
 
-def test_cost_is_unknown_without_a_price_and_counted_with_one(teacher, tmp_path):
+def test_cost_is_unknown_without_a_price_and_counted_with_one(engines, tmp_path):
     cache = RequestCache(tmp_path / "cache.sqlite")
-    CachedTeacher(_Shared(teacher), cache).generate(_requests()[:1])
+    engines(cache).generate(_requests()[:1])
     spent = cache.spent()
     assert describe_spent(spent, Budget())["cost_usd"].startswith("unknown")
     priced = describe_spent(spent, Budget(price=(0.5, 1.5)))
@@ -76,10 +77,10 @@ def test_cost_is_unknown_without_a_price_and_counted_with_one(teacher, tmp_path)
     assert spent.requests == 1 and spent.prompt_tokens > 0 and spent.completion_tokens > 0
 
 
-def test_identical_requests_in_one_batch_are_sent_once(teacher, tmp_path):
+def test_identical_requests_in_one_batch_are_sent_once(engines, tmp_path):
     cache = RequestCache(tmp_path / "cache.sqlite")
     seen: list[int] = []
-    cached = CachedTeacher(_Shared(teacher), cache, Budget(max_requests=1))
+    cached = engines(cache, Budget(max_requests=1))
     same = _requests()[:1] * 3
     out = cached.generate(same, on_result=lambda i, c: seen.append(i))
     assert len({c.text for c in out}) == 1 and sorted(seen) == [0, 1, 2]

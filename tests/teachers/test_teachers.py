@@ -28,7 +28,7 @@ def test_embedded_teacher_answers_and_counts_tokens():
 def test_openai_backend_against_real_llama_server(llama_server):
     t = make_teacher(TeacherConfig(backend="openai", model="SmolLM2-135M-Instruct", base_url=llama_server,
                                    api_key_env="", concurrency=4))
-    out = t.generate([ASK] * 3)
+    out = t.generate([ChatRequest(ASK.messages, GREEDY, sample_key=str(i)) for i in range(3)])  # 3 distinct
     assert len(out) == 3 and all("paris" in c.text.lower() for c in out)
     assert t.usage.requests == 3 and t.usage.prompt_tokens > 0 and t.usage.completion_tokens > 0
 

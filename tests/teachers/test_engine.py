@@ -1,0 +1,169 @@
+"""The request engine's own logic against scripted backends (exact timing and faults): adaptive concurrency, retries
+that hold no slot, refusals that are recorded and cached, bugs that are not retried, identical requests sent once."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from pipeline.config import Decoding
+from pipeline.errors import TeacherError
+from pipeline.teachers import ChatRequest, Completion, Engine
+from pipeline.teachers.base import REFUSED, Refused, Transient
+from pipeline.teachers.cache import RequestCache
+from pipeline.teachers.engine import AdaptiveLimit
+from pipeline.teachers.openai_api import retry_after_seconds
+
+D = Decoding(temperature=0.0, top_p=1.0, max_tokens=8)
+
+
+def req(i: int) -> ChatRequest:
+    return ChatRequest([{"role": "user", "content": f"question {i}"}], D)
+
+
+class Server:
+    """A scripted backend: ``slots`` parallel slots (more requests queue, as vLLM's do), ``latency`` seconds each,
+    optional refusal above ``refuse_above`` in flight (429), and a script of failures per request text."""
+
+    backend, model_name, max_parallel = "scripted", "m", None
+
+    def __init__(self, slots=4, latency=0.02, refuse_above=None, script=None):
+        self.slots, self.latency, self.refuse_above = slots, latency, refuse_above
+        self.script = dict(script or {})
+        self.in_flight = self.peak = self.calls = 0
+        self.busy = 0.0
+        self._sem: asyncio.Semaphore | None = None
+
+    async def send(self, r: ChatRequest) -> Completion:
+        self.calls += 1
+        text = r.messages[-1]["content"]
+        todo = self.script.get(text)
+        if todo:
+            exc = todo.pop(0)
+            if exc is not None:
+                raise exc
+        if self.refuse_above is not None and self.in_flight >= self.refuse_above:
+            raise Transient("http_429", "busy", retry_after=0.0, congestion=True)
+        self._sem = self._sem or asyncio.Semaphore(self.slots)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            async with self._sem:
+                t0 = time.monotonic()
+                await asyncio.sleep(self.latency)
+                self.busy += time.monotonic() - t0
+        finally:
+            self.in_flight -= 1
+        return Completion(text=f"answer to {text}", finish_reason="stop", prompt_tokens=3, completion_tokens=2)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.fixture
+def engines():
+    made = []
+
+    def make(backend, **kw) -> Engine:
+        kw.setdefault("backoff_initial_s", 0.01)
+        kw.setdefault("backoff_max_s", 0.05)
+        made.append(Engine(backend, **kw))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.close()
+
+
+def test_fixed_concurrency_never_exceeds_the_ceiling(engines):
+    server = Server(slots=64, latency=0.01)
+    out = engines(server, concurrency=5).generate([req(i) for i in range(60)])
+    assert [c.text for c in out] == [f"answer to question {i}" for i in range(60)]
+    assert server.peak == 5
+
+
+def test_auto_concurrency_grows_to_fill_a_queueing_server_and_stops_there(engines):
+    # 8 slots, 100 ms: latency is flat up to 8 in flight, then grows with the queue (slow enough that the client's
+    # own CPU is never the limit, even on a busy 2-core machine).
+    server = Server(slots=8, latency=0.1)
+    e = engines(server, concurrency=512, auto=True)
+    t0 = time.monotonic()
+    e.generate([req(i) for i in range(600)])
+    wall = time.monotonic() - t0
+    s = e.limit.stats
+    assert 8 <= s.limit <= 24, s  # the server's width times the gain, not the 512 ceiling
+    assert s.peak_limit <= 64 and s.decreases >= 1
+    assert server.busy / (8 * wall) > 0.8  # and the server was kept busy
+
+
+def test_auto_concurrency_backs_off_on_429_and_retries_everything(engines):
+    server = Server(slots=1000, latency=0.01, refuse_above=16)
+    e = engines(server, concurrency=256, auto=True, max_retries=50)
+    out = e.generate([req(i) for i in range(1500)])
+    assert len(out) == 1500 and all(c.finish_reason == "stop" for c in out)
+    assert e.usage.retries_by_kind.get("http_429", 0) >= 1
+    assert e.limit.stats.limit <= 24  # settled near the server's 16, not at the 256 ceiling
+
+
+def test_a_request_waiting_out_its_backoff_holds_no_slot(engines):
+    # One slot. Request 0 fails once and must wait 0.5 s; request 1 is served meanwhile, not after.
+    server = Server(slots=1, latency=0.01, script={"question 0": [Transient("http_503", "down", retry_after=0.5)]})
+    e = engines(server, concurrency=1)
+    finished: dict[int, float] = {}
+    t0 = time.monotonic()
+    e.generate([req(0), req(1)], on_result=lambda i, c: finished.setdefault(i, time.monotonic() - t0))
+    assert finished[1] < 0.3 <= 0.5 <= finished[0]
+    assert e.usage.retries_by_kind == {"http_503": 1}
+
+
+def test_a_refused_request_becomes_a_cached_refusal_and_is_not_sent_again(engines, tmp_path):
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    server = Server(script={"question 1": [Refused("HTTP 400: maximum context length is 4096 tokens")]})
+    out = engines(server, cache=cache).generate([req(0), req(1), req(2)])
+    assert out[1].finish_reason == REFUSED and "maximum context length" in out[1].text
+    assert out[0].finish_reason == out[2].finish_reason == "stop"
+    calls = server.calls
+    again = engines(server, cache=cache).generate([req(1)])
+    assert again[0].finish_reason == REFUSED and server.calls == calls  # the resume asks the cache, not the server
+
+
+def test_a_bug_in_our_code_is_not_retried(engines):
+    server = Server(script={"question 0": [TypeError("unsupported operand")]})
+    with pytest.raises(TypeError):
+        engines(server, max_retries=5).generate([req(0)])
+    assert server.calls == 1
+
+
+def test_a_teacher_down_for_good_is_one_teacher_error_after_bounded_retries(engines):
+    down = [Transient("connection", "connection refused")] * 10
+    server = Server(script={"question 0": list(down)})
+    with pytest.raises(TeacherError, match="failed after 3 retries: connection"):
+        engines(server, max_retries=3).generate([req(0)])
+    assert server.calls == 4
+
+
+def test_identical_requests_in_flight_are_sent_once(engines):
+    server = Server(latency=0.05)
+    out = engines(server, concurrency=8).generate([req(7)] * 5)
+    assert len({c.text for c in out}) == 1 and server.calls == 1
+
+
+def test_retry_after_in_seconds_or_as_an_http_date():
+    assert retry_after_seconds("7") == 7.0
+    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:10 GMT", now=1792567680.0) == pytest.approx(10.0)
+    assert retry_after_seconds("soon") == 0.0 and retry_after_seconds(None) == 0.0
+
+
+def test_limit_stats_count_busy_time():
+    async def go():
+        lim = AdaptiveLimit(ceiling=4, auto=False)
+        await lim.acquire()
+        await lim.acquire()
+        await asyncio.sleep(0.1)
+        await lim.release(0.1)
+        await lim.release(0.1)
+        return lim.stats
+
+    stats = asyncio.run(go())
+    assert stats.busy_seconds == pytest.approx(0.2, abs=0.05) and stats.peak_in_flight == 2
