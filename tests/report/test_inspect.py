@@ -117,7 +117,7 @@ def test_inspect_compares_two_runs(real_run, empty_run):
     assert table.returncode == 0 and "dataset_rows" in table.stdout
 
 
-def test_dataset_card_describes_the_export(real_run):
+def test_dataset_card_describes_the_export(real_run, tmp_path):
     card = (real_run / "dataset" / "README.md").read_text()
     rows = len(_lines(real_run / "dataset" / "train.jsonl"))
     assert card.startswith("---\n") and "config_name: alpaca" in card and "data_files: messages.jsonl" in card
@@ -126,11 +126,13 @@ def test_dataset_card_describes_the_export(real_run):
     for stage in ("bootstrap", "evolve", "filter"):
         assert f"**{stage}**" in card
     assert "## License note" in card and "Apache-2.0" in card
-    # The card's front matter is what `datasets` reads for a dataset directory.
+    # The card's front matter is what `datasets` reads for a dataset directory. A cache of this test's own: the
+    # shared one is keyed by the folder's path, and pytest reuses temporary paths across sessions.
     from datasets import load_dataset
 
-    assert len(load_dataset(str(real_run / "dataset"), "alpaca", split="train")) == rows
-    assert len(load_dataset(str(real_run / "dataset"), "messages", split="train")) == rows
+    cache = str(tmp_path / "hf-cache")
+    assert len(load_dataset(str(real_run / "dataset"), "alpaca", split="train", cache_dir=cache)) == rows
+    assert len(load_dataset(str(real_run / "dataset"), "messages", split="train", cache_dir=cache)) == rows
 
 
 def _screenshot(html: Path, png: Path, height: int = 4200) -> None:

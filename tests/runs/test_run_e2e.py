@@ -43,9 +43,10 @@ def check_run_dir(run: Path, min_tasks: int) -> dict:
     assert filtered["input"] == len(kept) and filtered["kept"] == len(final) <= len(kept)
     assert filtered["kept"] + filtered["rejected"] == len(kept)
     assert {r["id"] for r in final} <= {r["id"] for r in kept}
-    alpaca = load_dataset("json", data_files=str(run / "dataset" / "train.jsonl"), split="train")
+    cache = str(run.parent / "hf-cache")  # not the shared cache: pytest reuses temporary paths across sessions
+    alpaca = load_dataset("json", data_files=str(run / "dataset" / "train.jsonl"), split="train", cache_dir=cache)
     assert alpaca.column_names == ["instruction", "input", "output"] and len(alpaca) == len(final)
-    chat = load_dataset("json", data_files=str(run / "dataset" / "messages.jsonl"), split="train")
+    chat = load_dataset("json", data_files=str(run / "dataset" / "messages.jsonl"), split="train", cache_dir=cache)
     assert len(chat) == len(final)
     assert [m["role"] for m in chat[0]["messages"]] == ["user", "assistant"]
     return manifest
