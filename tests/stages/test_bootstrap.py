@@ -104,10 +104,11 @@ class VariedBackend:
         import asyncio
         import hashlib
 
-        await asyncio.sleep(self.rng.uniform(0, 0.02))
         text = r.messages[-1]["content"]
         if text.startswith("Here are some example tasks"):
             self.prompts.append(text)
+        await asyncio.sleep(self.rng.uniform(0, 0.02))
+        if text.startswith("Here are some example tasks"):
             vocab = ["river", "copper", "lantern", "meadow", "orbit", "pepper", "quartz", "saddle", "tundra",
                      "velvet", "walnut", "yarrow", "harbor", "glacier", "falcon", "ember", "violin", "cactus",
                      "marble", "thunder", "pilgrim", "oyster", "canyon", "biscuit", "comet", "ledger", "mosaic",
@@ -149,4 +150,5 @@ def test_streaming_result_does_not_depend_on_answer_order_and_meets_the_target_e
     # After the first window, prompts show machine-generated instructions (2 of 8), as Self-Instruct does.
     machine = set(state_a.machine_instructions)
     shown = [sum(line.removeprefix("- ") in machine for line in p.splitlines()) for p in backend.prompts]
-    assert shown[:4] == [0, 0, 0, 0] and all(n == 2 for n in shown[4:]) and len(shown) > 4
+    # (Counted, not in order: the backend sees prompts in the order the engine happens to send them.)
+    assert len(shown) > 4 and shown.count(0) == 4 and all(n == 2 for n in shown if n)
