@@ -34,6 +34,7 @@ from ..prompts import render
 from ..records import Record, Rejection
 from ..teachers import ChatRequest, Completion, Engine
 from ..teachers.base import REFUSED
+from ..teachers.cache import BudgetExhausted
 from .instances import InstanceResult, instances_for
 from .parsing import split_numbered_list
 
@@ -241,6 +242,12 @@ async def run(state: BootstrapState, engine: Engine, cfg: BootstrapConfig, fcfg:
                 blocks.append((StepResult(rejected=rejected),
                                [(t, asyncio.ensure_future(instances_for(t, engine, cfg))) for t in accepted]))
                 decided += 1
+    except BudgetExhausted:
+        # The requests already sent are paid for: let them finish and reach the cache (new ones now fail at the
+        # budget check at once), so a resume with a larger budget does not pay for them again.
+        outstanding = [f for _, f in sent.values()] + [f for _, ts in blocks for _, f in ts]
+        await asyncio.gather(*outstanding, return_exceptions=True)
+        raise
     finally:
         outstanding = [f for _, f in sent.values()] + [f for _, ts in blocks for _, f in ts]
         for f in outstanding:
