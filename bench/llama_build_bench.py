@@ -71,17 +71,8 @@ def run_once(site: Path, model: Path, threads: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def features(system_info: str) -> str:
-    keep = []
-    for part in system_info.replace("CPU :", "|").split("|"):
-        name, _, value = part.partition("=")
-        if value.strip() == "1":
-            keep.append(name.strip())
-    return " ".join(keep)
-
-
 def main() -> None:
-    from pipeline.teachers.embedded import embedded_model_path
+    from pipeline.teachers.embedded import cpu_features, embedded_model_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--portable", type=Path, required=True, help="site folder holding the portable build")
@@ -102,7 +93,7 @@ def main() -> None:
     print(f"\nmodel {model.name}, {args.threads} threads, {args.rounds} rounds, medians; machine: "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
     for b in builds:
-        print(f"  {b:<8} CPU features: {features(results[b][0]['system_info'])}")
+        print(f"  {b:<8} CPU features: {' '.join(cpu_features(results[b][0]['system_info']))}")
     print(f"\n{'metric':<26}{'portable':>10}{'native':>10}{'ratio':>8}")
     for key, label in METRICS:
         p = statistics.median(x[key] for x in results["portable"])

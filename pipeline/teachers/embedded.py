@@ -71,13 +71,17 @@ class ProbeResult:
     system_info: str
 
     def features(self) -> list[str]:
-        """The CPU features the build uses, e.g. ['AVX', 'AVX2', 'FMA', 'F16C', 'BMI2']."""
-        out = []
-        for part in self.system_info.replace("CPU :", "|").split("|"):
-            name, _, value = part.partition("=")
-            if value.strip() == "1":
-                out.append(name.strip())
-        return out
+        return cpu_features(self.system_info)
+
+
+def cpu_features(system_info: str) -> list[str]:
+    """The CPU features a llama.cpp build uses, from its system info: e.g. ['AVX', 'AVX2', 'FMA', 'F16C', 'BMI2']."""
+    out = []
+    for part in system_info.replace("CPU :", "|").split("|"):
+        name, _, value = part.partition("=")
+        if value.strip() == "1":
+            out.append(name.strip())
+    return out
 
 
 def _signal_name(returncode: int) -> str:

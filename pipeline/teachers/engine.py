@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Coroutine, Iterable, TypeVar
+from typing import Any, Awaitable, Coroutine, Iterable, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -181,7 +181,6 @@ class Engine:
         self._spent = cache.spent() if cache is not None else Spent(0, 0, 0)
         self._reserved = 0  # requests sent and not yet answered: the request budget is exact
         self._pending: dict[str, asyncio.Future] = {}  # identical requests in flight are sent once
-        self.on_change: Callable[[], None] | None = None  # progress display hook
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -210,9 +209,6 @@ class Engine:
         fut.set_result(c)
         return c
 
-    async def complete_all(self, reqs: Iterable[ChatRequest], kind: str = "") -> list[Completion]:
-        return list(await gather_or_cancel(self.complete(r, kind) for r in reqs))
-
     # -- sending ------------------------------------------------------------------------------------------------
     def _check_budget(self) -> None:
         spent = Spent(self._spent.requests + self._reserved, self._spent.prompt_tokens,
@@ -238,8 +234,6 @@ class Engine:
             self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
         if c.finish_reason == REFUSED:
             self.stats.refused += 1
-        if self.on_change:
-            self.on_change()
         return c
 
     async def _send_with_retries(self, req: ChatRequest, kind: str) -> Completion:
