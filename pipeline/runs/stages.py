@@ -109,37 +109,37 @@ def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Prog
     """
     cfg = run.cfg.evolve
     t0 = time.time()
-    rng = random.Random(cfg.seed)
-    state = evolve.EvolveState.start(records, cfg.max_items, rng)
+    state = evolve.EvolveState.start(records, cfg.max_items, random.Random(cfg.seed))
     reference = list(records if reference is None else reference)
     files = run.stage_files(evolve.STAGE)
     usage_before = teacher.usage.as_dict()
     rejected: Counter = Counter()
     filter_rejected: Counter = Counter()
-    kept = evolved = 0
     summary: dict = {}
+    counts: Counter = Counter()
+
+    def emit(res: evolve.RoundResult) -> None:
+        filtered = evolve.final_filter(res.kept, reference, run.cfg.filter) if res.kept else None
+        accepted = list(filtered.kept) if filtered else []
+        dropped = list(filtered.rejected) if filtered else []
+        reference.extend(accepted)
+        files.write((r.to_dict() for r in accepted), (r.to_dict() for r in [*res.rejected, *dropped]))
+        counts["evolved"] += len(res.kept)
+        counts["kept"] += len(accepted)
+        rejected.update(r.reason for r in res.rejected)
+        filter_rejected.update(r.reason for r in dropped)
+        progress(evolve.STAGE, state.round, cfg.rounds,
+                 {"evolved": counts["evolved"], "kept": counts["kept"],
+                  "rejected": sum(rejected.values()) + sum(filter_rejected.values()),
+                  "active": len(state.active()), "in flight": teacher.limit.in_flight})
+
     try:
         progress(evolve.STAGE, 0, cfg.rounds, {"items": len(state.items)})
-        for _ in range(cfg.rounds):
-            if not state.active():
-                break
-            res = evolve.evolve_round(state, teacher, cfg, rng)
-            filtered = evolve.final_filter(res.kept, reference, run.cfg.filter) if res.kept else None
-            accepted = list(filtered.kept) if filtered else []
-            dropped = list(filtered.rejected) if filtered else []
-            reference.extend(accepted)
-            files.write((r.to_dict() for r in accepted), (r.to_dict() for r in [*res.rejected, *dropped]))
-            evolved += len(res.kept)
-            kept += len(accepted)
-            rejected.update(r.reason for r in res.rejected)
-            filter_rejected.update(r.reason for r in dropped)
-            progress(evolve.STAGE, state.round, cfg.rounds,
-                     {"evolved": evolved, "kept": kept,
-                      "rejected": sum(rejected.values()) + sum(filter_rejected.values()),
-                      "active": len(state.active())})
+        teacher.run(evolve.run(state, teacher, cfg, emit))
     finally:
         files.close()
         summary = state.summary()
+        evolved, kept = counts["evolved"], counts["kept"]
         summary["filter"] = {"input": evolved, "kept": kept, "rejected": sum(filter_rejected.values()),
                              "rejected_by_reason": dict(filter_rejected.most_common())}
         run.record_stage(

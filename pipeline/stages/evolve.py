@@ -1,31 +1,34 @@
 """Evol-Instruct (WizardLM): make instructions harder (in-depth) or new (in-breadth), answer them, eliminate failures.
 
 The pool holds one lineage per input task; its head is the seed, then its last accepted evolution. One round:
-  1. every active item draws one operation (seeded rng, weights from the config) and the teacher rewrites its
-     head with ``prompts/evolve_<operation>.j2`` (one batched ``teacher.generate`` call);
+  1. every active item draws one operation (a generator seeded by (seed, lineage, round), weights from the config)
+     and the teacher rewrites its head with ``prompts/evolve_<operation>.j2``;
   2. the reply is parsed (echoed headers, preambles, quotes and markdown stripped) and the cheap checks run:
      truncated, empty or unparseable reply, words leaked from the evolving prompt, no change against the parent,
      copied from the template's examples, repeating itself (a loop), over the absolute length caps, grown by far
      more than the 10-20 words an in-depth step asks for, drifted away from the parent;
-  3. optionally the teacher judges Equal / Not Equal against the parent (``prompts/evolve_equal.j2``, one call);
-  4. the teacher answers the survivors with the plain user prompt, as the tuned model will be prompted (one
-     call), and the answer checks run: truncated, empty, "sorry" in a short answer, only punctuation and stop words.
+  3. optionally the teacher judges Equal / Not Equal against the parent (``prompts/evolve_equal.j2``);
+  4. the teacher answers a survivor with the plain user prompt, as the tuned model will be prompted, and the
+     answer checks run: truncated, empty, "sorry" in a short answer, only punctuation and stop words.
 A passing candidate becomes the item's new head and a record of the dataset, with its lineage (parent_id,
 root_id, round, operation). A failing one is a ``Rejection`` and the item goes back to the pool unchanged, to be
 tried again next round; after ``max_failures_per_item`` failures in all it is retired. Rounds, failures and the
 length caps bound everything: no item grows or is retried without limit.
 
-``evolve_round`` is pure (state, teacher, config, rng in; records, rejections and stats out): the runner in
-``pipeline.runs.stages`` owns all file I/O.
+Each item runs its own chain of requests (rewrite -> judge -> answer, round after round) through the run's one
+engine, so no phase or round waits for the slowest item (``run``); results are still emitted round by round in pool
+order. ``run`` is a pure coroutine (state, engine, config in; each round's records, rejections and stats to
+``emit``): the runner in ``pipeline.runs.stages`` owns all file I/O.
 """
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import string
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..config import EVOLVE_OPERATIONS, EvolveConfig, FilterConfig
 from ..filters.chain import FilterResult, filter_records
@@ -33,6 +36,8 @@ from ..filters.rouge import Tokenizer, lcs
 from ..prompts import render_messages
 from ..records import Record, Rejection
 from ..teachers import ChatRequest, Completion, Teacher
+from ..teachers.base import REFUSED
+from ..teachers.cache import BudgetExhausted
 from .export import user_prompt
 
 STAGE = "evolve"
@@ -353,150 +358,204 @@ def parse_equal(text: str) -> bool | None:
 
 
 @dataclass
-class _Candidate:
+class _Attempt:
+    """One pool item's try in one round: the candidate record and how it ended."""
+
     item: PoolItem
     op: str
     record: Record
-    messages: list[dict[str, str]]
-    completion: Completion | None = None
+    rejection: Rejection | None = None
+    growth: int = 0
+    retired: bool = False
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# One round
+def _operation(cfg: EvolveConfig, item: PoolItem, round_no: int) -> str:
+    """The operation an item draws in a round: a generator of its own per (seed, lineage, round), so the draw does
+    not depend on which other items are still active or on the order their answers arrive."""
+    return choose_operation(cfg, random.Random(f"{cfg.seed}:{item.root_id}:{round_no}"))
 
 
-def evolve_round(state: EvolveState, teacher: Teacher, cfg: EvolveConfig, rng: random.Random) -> RoundResult:
-    """Evolve every active pool item once. Batched: one ``teacher.generate`` call for the rewrites, one for the
-    optional equality judgment, one for the answers."""
-    state.round += 1
-    r = state.round
-    stats = RoundStats(round=r)
-    result = RoundResult(stats=stats)
-    leaks = LeakDetector(cfg.extra_leak_phrases)
+def _check_rewrite(a: _Attempt, text: str, comp: Completion, messages: list[dict[str, str]], cfg: EvolveConfig,
+                   leaks: LeakDetector) -> tuple[str, dict[str, Any]] | None:
+    """The cheap checks on a rewrite, in order; the first failure (reason, details), or None."""
+    parent = a.item.head
+    if comp.finish_reason == REFUSED:
+        return "teacher_refused", {"message": comp.text[:500]}
+    if comp.finish_reason == "length":
+        return "truncated_rewrite", {"finish_reason": "length"}
+    if not comp.text.strip():
+        return "empty_rewrite", {}
+    if not text:
+        return "unparseable_rewrite", {}
+    phrase = leaks.find(text)
+    if phrase:
+        return "leaked_prompt", {"phrase": phrase}
+    if (normalize(text) == normalize(parent.instruction)
+            or normalize(user_prompt(text, a.record.input)) == normalize(user_prompt(parent.instruction,
+                                                                                     parent.input))):
+        return "unchanged", {}
+    copied = _ngrams(_TOKEN.findall(text.lower()), COPY_NGRAM) & example_ngrams(messages)
+    copied -= _ngrams(_TOKEN.findall(user_prompt(parent.instruction, parent.input).lower()), COPY_NGRAM)
+    if copied:
+        return "copied_example", {"ngram": " ".join(sorted(copied)[0])}
+    loop = repeated_ngram(text)
+    if loop:
+        return "repetitive_rewrite", {"ngram": loop}
+    prompt = user_prompt(text, a.record.input)
+    if words(prompt) > cfg.max_instruction_words or len(prompt) > cfg.max_instruction_chars:
+        return "too_long", {"words": words(prompt), "chars": len(prompt), "max_words": cfg.max_instruction_words,
+                            "max_chars": cfg.max_instruction_chars}
+    growth = words(prompt) - words(user_prompt(parent.instruction, parent.input))
+    if cfg.max_growth_words and a.op in IN_DEPTH and a.op != "complicate_input" and growth > cfg.max_growth_words:
+        return "grew_too_much", {"growth_words": growth, "max_growth_words": cfg.max_growth_words}
+    if a.op in IN_DEPTH and cfg.min_parent_overlap > 0:
+        recall = parent_recall(parent.instruction, text)
+        if recall < cfg.min_parent_overlap:
+            return "drifted", {"parent_recall": round(recall, 3), "min_parent_overlap": cfg.min_parent_overlap}
+    return None
 
-    cands: list[_Candidate] = []
-    for item in state.active():
-        op = choose_operation(cfg, rng)
-        parent = item.head
-        messages = render_messages(f"evolve_{op}", instruction=parent.instruction, input=parent.input)
-        rec = Record(id=f"{item.root_id}-r{r}", instruction="", input="" if op in IN_BREADTH else parent.input,
-                     source=STAGE, teacher_model=teacher.model_name, parent_id=parent.id, root_id=item.root_id,
-                     round=r, operation=op)
-        rec.task_id = rec.id
-        cands.append(_Candidate(item, op, rec, messages))
-    if not cands:
-        state.history.append(stats)
-        return result
 
-    def fail(c: _Candidate, reason: str, **details: Any) -> None:
-        tally = stats.by_operation[c.op]
-        tally.attempts += 1
-        tally.failures[reason] += 1
-        c.item.failures += 1
-        details = {"parent_id": c.item.head.id, "failures": c.item.failures, **details}
-        if c.item.failures >= cfg.max_failures_per_item:
-            c.item.status, c.item.retired_reason = "retired", "max_failures"
-            stats.retired["max_failures"] += 1
-            details["retired"] = True
-        result.rejected.append(Rejection(c.record, reason, details, STAGE))
+async def evolve_item(item: PoolItem, round_no: int, engine: Teacher, cfg: EvolveConfig,
+                      leaks: LeakDetector) -> _Attempt:
+    """One item's try in round ``round_no``: rewrite, cheap checks, the optional Equal judgment, the answer, the
+    answer checks, each request sent as soon as the previous one is answered (no phase waits for other items).
+    A pass makes the candidate the item's new head; a failure counts against the item and may retire it."""
+    op = _operation(cfg, item, round_no)
+    parent = item.head
+    messages = render_messages(f"evolve_{op}", instruction=parent.instruction, input=parent.input)
+    rec = Record(id=f"{item.root_id}-r{round_no}", instruction="", input="" if op in IN_BREADTH else parent.input,
+                 source=STAGE, teacher_model=engine.model_name, parent_id=parent.id, root_id=item.root_id,
+                 round=round_no, operation=op)
+    rec.task_id = rec.id
+    a = _Attempt(item, op, rec)
 
-    # 1. Rewrite.
-    # Each request carries its record id as sample key: a retry next round is a fresh sample, not a replay of the
+    def fail(reason: str, details: dict[str, Any]) -> _Attempt:
+        item.failures += 1
+        details = {"parent_id": parent.id, "failures": item.failures, **details}
+        if item.failures >= cfg.max_failures_per_item:
+            item.status, item.retired_reason = "retired", "max_failures"
+            a.retired = details["retired"] = True
+        a.rejection = Rejection(rec, reason, details, STAGE)
+        return a
+
+    # 1. Rewrite. The record id is the sample key: a retry next round is a fresh sample, not a replay of the
     # failed one (identical requests share a sampling seed and a cache entry).
-    completions = teacher.generate([ChatRequest(c.messages, cfg.rewrite_decoding, sample_key=c.record.id)
-                                    for c in cands])
-    survivors: list[_Candidate] = []
-    for c, comp in zip(cands, completions):
-        c.completion = comp
-        parent = c.item.head
-        c.record.meta["raw_rewrite"] = comp.text[:4000]
-        text = parse_rewrite(comp.text)
-        c.record.instruction = text  # also on a rejection, so rejected.jsonl shows what was parsed
-        if comp.finish_reason == "length":
-            fail(c, "truncated_rewrite", finish_reason="length")
-            continue
-        if not comp.text.strip():
-            fail(c, "empty_rewrite")
-            continue
-        if not text:
-            fail(c, "unparseable_rewrite")
-            continue
-        phrase = leaks.find(text)
-        if phrase:
-            fail(c, "leaked_prompt", phrase=phrase)
-            continue
-        if (normalize(text) == normalize(parent.instruction)
-                or normalize(user_prompt(text, c.record.input)) == normalize(user_prompt(parent.instruction,
-                                                                                         parent.input))):
-            fail(c, "unchanged")
-            continue
-        copied = _ngrams(_TOKEN.findall(text.lower()), COPY_NGRAM) & example_ngrams(c.messages)
-        copied -= _ngrams(_TOKEN.findall(user_prompt(parent.instruction, parent.input).lower()), COPY_NGRAM)
-        if copied:
-            fail(c, "copied_example", ngram=" ".join(sorted(copied)[0]))
-            continue
-        loop = repeated_ngram(text)
-        if loop:
-            fail(c, "repetitive_rewrite", ngram=loop)
-            continue
-        prompt = user_prompt(text, c.record.input)
-        if words(prompt) > cfg.max_instruction_words or len(prompt) > cfg.max_instruction_chars:
-            fail(c, "too_long", words=words(prompt), chars=len(prompt),
-                 max_words=cfg.max_instruction_words, max_chars=cfg.max_instruction_chars)
-            continue
-        growth = words(prompt) - words(user_prompt(parent.instruction, parent.input))
-        if cfg.max_growth_words and c.op in IN_DEPTH and c.op != "complicate_input" and growth > cfg.max_growth_words:
-            fail(c, "grew_too_much", growth_words=growth, max_growth_words=cfg.max_growth_words)
-            continue
-        if c.op in IN_DEPTH and cfg.min_parent_overlap > 0:
-            recall = parent_recall(parent.instruction, text)
-            if recall < cfg.min_parent_overlap:
-                fail(c, "drifted", parent_recall=round(recall, 3), min_parent_overlap=cfg.min_parent_overlap)
-                continue
-        survivors.append(c)
+    comp = await engine.complete(ChatRequest(messages, cfg.rewrite_decoding, sample_key=rec.id), "evolve_rewrite")
+    rec.meta["raw_rewrite"] = comp.text[:4000]
+    rec.instruction = parse_rewrite(comp.text) if comp.finish_reason != REFUSED else ""  # shown on a rejection too
+    verdict = _check_rewrite(a, rec.instruction, comp, messages, cfg, leaks)
+    if verdict is not None:
+        return fail(*verdict)
 
-    # 2. Equal / Not Equal judgment (cheap checks ran first; short replies, so before the long answers).
-    if cfg.judge_equal and survivors:
-        judged = teacher.generate([
-            ChatRequest(render_messages("evolve_equal", first=user_prompt(c.item.head.instruction, c.item.head.input),
-                                        second=user_prompt(c.record.instruction, c.record.input)),
-                        cfg.judge_decoding, sample_key=c.record.id) for c in survivors])
-        kept_after_judge = []
-        for c, j in zip(survivors, judged):
-            verdict = parse_equal(j.text)
-            c.record.meta["judge"] = j.text.strip()[:200]
-            if verdict is None:
-                fail(c, "judge_unparseable", judge=j.text.strip()[:200])
-            elif verdict:
-                fail(c, "no_information_gain", judge=j.text.strip()[:200])
-            else:
-                kept_after_judge.append(c)
-        survivors = kept_after_judge
+    # 2. Equal / Not Equal (after the cheap checks; a short reply, so before the long answer).
+    if cfg.judge_equal:
+        j = await engine.complete(ChatRequest(
+            render_messages("evolve_equal", first=user_prompt(parent.instruction, parent.input),
+                            second=user_prompt(rec.instruction, rec.input)),
+            cfg.judge_decoding, sample_key=rec.id), "evolve_judge")
+        rec.meta["judge"] = j.text.strip()[:200]
+        if j.finish_reason == REFUSED:
+            return fail("teacher_refused", {"message": j.text[:500]})
+        equal = parse_equal(j.text)
+        if equal is None:
+            return fail("judge_unparseable", {"judge": j.text.strip()[:200]})
+        if equal:
+            return fail("no_information_gain", {"judge": j.text.strip()[:200]})
 
-    # 3. Answer, with the plain user prompt.
-    answers = teacher.generate([
-        ChatRequest([{"role": "user", "content": user_prompt(c.record.instruction, c.record.input)}],
-                    cfg.answer_decoding, sample_key=c.record.id) for c in survivors]) if survivors else []
-    for c, ans in zip(survivors, answers):
-        c.record.output = ans.text.strip()
-        verdict = check_answer(ans, cfg.sorry_max_words)
-        if verdict is not None:
-            fail(c, verdict[0], **verdict[1])
-            continue
-        parent = c.item.head
-        growth = words(user_prompt(c.record.instruction, c.record.input)) - words(user_prompt(parent.instruction,
-                                                                                               parent.input))
-        tally = stats.by_operation[c.op]
+    # 3. Answer, with the plain user prompt (as the tuned model will be prompted).
+    ans = await engine.complete(ChatRequest([{"role": "user", "content": user_prompt(rec.instruction, rec.input)}],
+                                            cfg.answer_decoding, sample_key=rec.id), "evolve_answer")
+    rec.output = ans.text.strip() if ans.finish_reason != REFUSED else ""
+    verdict = (("teacher_refused", {"message": ans.text[:500]}) if ans.finish_reason == REFUSED
+               else check_answer(ans, cfg.sorry_max_words))
+    if verdict is not None:
+        return fail(*verdict)
+    a.growth = words(user_prompt(rec.instruction, rec.input)) - words(user_prompt(parent.instruction, parent.input))
+    rec.meta.pop("raw_rewrite", None)
+    rec.meta["growth_words"] = a.growth
+    item.head = rec
+    item.evolutions += 1
+    return a
+
+
+def _round_result(round_no: int, attempts: list[_Attempt]) -> RoundResult:
+    """A round's records and stats, in pool order."""
+    stats = RoundStats(round=round_no)
+    result = RoundResult(stats=stats)
+    for a in attempts:
+        tally = stats.by_operation[a.op]
         tally.attempts += 1
-        tally.passes += 1
-        tally.growth_words += growth
-        c.record.meta.pop("raw_rewrite", None)
-        c.record.meta["growth_words"] = growth
-        c.item.head = c.record
-        c.item.evolutions += 1
-        result.kept.append(c.record)
-    state.history.append(stats)
+        if a.rejection is None:
+            tally.passes += 1
+            tally.growth_words += a.growth
+            result.kept.append(a.record)
+        else:
+            tally.failures[a.rejection.reason] += 1
+            result.rejected.append(a.rejection)
+            if a.retired:
+                stats.retired["max_failures"] += 1
     return result
+
+
+_SKIP = None  # an item that is retired (or out of rounds) takes no part in a round
+
+
+async def run(state: EvolveState, engine: Teacher, cfg: EvolveConfig, emit: Callable[[RoundResult], None],
+              rounds: int | None = None) -> None:
+    """Evolve the pool for ``rounds`` more rounds (default ``cfg.rounds``), emitting each round's result in order.
+
+    Every item runs its own chain of requests (``evolve_item``, round after round) and is never held back by
+    another item: an item that finished round r starts round r + 1 while slower items are still in round r, so the
+    teacher stays busy across rounds. Each item's history depends only on its own answers, so the result is the
+    same whatever order answers arrive in, and a resumed run replays it from the request cache. Round r is
+    emitted (records in pool order) once every item taking part in it is done with it; the run stops early when
+    a round has no active item left.
+    """
+    total = cfg.rounds if rounds is None else rounds
+    first = state.round + 1
+    leaks = LeakDetector(cfg.extra_leak_phrases)
+    n = len(state.items)
+    slots: list[list[_Attempt | None]] = [[_SKIP] * n for _ in range(total)]
+    filled = [0] * total
+    changed = asyncio.Event()
+
+    async def lineage(i: int, item: PoolItem) -> None:
+        for k in range(total):
+            if item.status == "active":
+                slots[k][i] = await evolve_item(item, first + k, engine, cfg, leaks)
+            filled[k] += 1
+            changed.set()
+
+    tasks = [asyncio.ensure_future(lineage(i, it)) for i, it in enumerate(state.items)]
+    try:
+        k = 0
+        while k < total:
+            while k < total and filled[k] == n:
+                attempts = [a for a in slots[k] if a is not _SKIP]
+                if not attempts:
+                    return  # no active item left
+                result = _round_result(first + k, attempts)
+                state.round = first + k
+                state.history.append(result.stats)
+                emit(result)
+                slots[k] = []
+                k += 1
+            if k >= total:
+                return
+            changed.clear()
+            waiter = asyncio.ensure_future(changed.wait())
+            await asyncio.wait([waiter, *(t for t in tasks if not t.done())], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            for t in tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    if isinstance(t.exception(), BudgetExhausted):
+                        # Requests already sent are paid for: let them finish and reach the cache, then stop.
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                    raise t.exception()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # ---------------------------------------------------------------------------------------------------------------

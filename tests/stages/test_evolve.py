@@ -2,20 +2,22 @@
 teacher (in-process and behind a real llama.cpp server)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import re
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from pipeline.stages import evolve
 from pipeline.config import EVOLVE_OPERATIONS, EvolveConfig, load_config
-from pipeline.stages.evolve import (LEAK_PHRASES, EvolveState, LeakDetector, check_answer, evolve_round, normalize,
-                             parse_equal, parse_rewrite)
+from pipeline.stages.evolve import (LEAK_PHRASES, EvolveState, LeakDetector, check_answer, normalize, parse_equal,
+                                    parse_rewrite)
 from pipeline.prompts import PROMPTS_DIR, render_messages
 from pipeline.records import Record
-from pipeline.teachers import ChatRequest, Completion, Usage
+from pipeline.teachers import ChatRequest, Completion, Engine
 from tests.conftest import OUR_SEEDS, run_cli
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -25,7 +27,7 @@ from tests.conftest import OUR_SEEDS, run_cli
 
 
 class ScriptedTeacher:
-    """Implements the Teacher protocol with replies chosen by a test function.
+    """A teacher backend (``async send``) with replies chosen by a test function, behind the real ``Engine``.
 
     ``rewrite(instruction, operation, round_no) -> str`` gives the rewrite reply for a pool head;
     ``answer(prompt) -> str`` the answer; ``judge(first, second) -> str`` the equality judgment. Only for testing
@@ -34,13 +36,14 @@ class ScriptedTeacher:
 
     backend = "scripted"
     model_name = "scripted"
+    max_parallel = None
 
     def __init__(self, rewrite, answer=lambda prompt: "A complete and helpful answer " + "word " * 30,
-                 judge=lambda first, second: "Not Equal", rewrite_finish="stop"):
+                 judge=lambda first, second: "Not Equal", rewrite_finish="stop", delay=None):
         self.rewrite, self.answer, self.judge, self.rewrite_finish = rewrite, answer, judge, rewrite_finish
-        self.usage = Usage()
-        self.calls: list[tuple[str, int]] = []  # (phase, batch size) per generate call
-        self.round = 0
+        self.delay = delay  # delay(phase, round, sample_key) -> seconds before the answer
+        self.calls: Counter = Counter()  # (phase, round) -> requests
+        self.log: list[tuple[str, str, str]] = []  # ("sent" | "answered", phase, sample key), in time order
 
     @staticmethod
     def _given(messages) -> tuple[str, str]:
@@ -49,32 +52,38 @@ class ScriptedTeacher:
         op = next(op for op in EVOLVE_OPERATIONS if _template_signature(op) == messages[0]["content"])
         return m.group(1), op
 
-    def generate(self, requests: list[ChatRequest], on_result=None) -> list[Completion]:
-        first = requests[0].messages[0]["content"]
+    async def send(self, r: ChatRequest) -> Completion:
+        first = r.messages[0]["content"]
         phase = ("rewrite" if "prompt rewriter" in first or "prompt creator" in first
                  else "judge" if first.startswith("You compare two tasks") else "answer")
+        rnd = int(re.search(r"-r(\d+)$", r.sample_key).group(1))
+        self.calls[(phase, rnd)] += 1
+        self.log.append(("sent", phase, r.sample_key))
+        if self.delay:
+            await asyncio.sleep(self.delay(phase, rnd, r.sample_key))
+        self.log.append(("answered", phase, r.sample_key))
         if phase == "rewrite":
-            self.round += 1
-        self.calls.append((phase, len(requests)))
-        out = []
-        for r in requests:
-            if phase == "rewrite":
-                instruction, op = self._given(r.messages)
-                c = Completion(self.rewrite(instruction, op, self.round), self.rewrite_finish, 10, 10)
-            elif phase == "judge":
-                text = r.messages[-1]["content"]
-                first_t, second_t = re.match(r"First task:\n(.*)\n\nSecond task:\n(.*)\n\nAre", text, re.S).groups()
-                c = Completion(self.judge(first_t, second_t), "stop", 10, 2)
-            else:
-                c = Completion(self.answer(r.messages[-1]["content"]), "stop", 10, 40)
-            self.usage.add(c)
-            if on_result:
-                on_result(len(out), c)
-            out.append(c)
-        return out
+            instruction, op = self._given(r.messages)
+            return Completion(self.rewrite(instruction, op, rnd), self.rewrite_finish, 10, 10)
+        if phase == "judge":
+            text = r.messages[-1]["content"]
+            first_t, second_t = re.match(r"First task:\n(.*)\n\nSecond task:\n(.*)\n\nAre", text, re.S).groups()
+            return Completion(self.judge(first_t, second_t), "stop", 10, 2)
+        return Completion(self.answer(r.messages[-1]["content"]), "stop", 10, 40)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         pass
+
+
+def evolve_round(state: EvolveState, teacher: ScriptedTeacher, cfg: EvolveConfig) -> evolve.RoundResult:
+    """One round of the real stage coroutine through the real engine."""
+    engine = Engine(teacher, concurrency=64)
+    out: list[evolve.RoundResult] = []
+    try:
+        engine.run(evolve.run(state, engine, cfg, out.append, rounds=1))
+    finally:
+        engine.close()
+    return out[0] if out else evolve.RoundResult()
 
 
 def _template_signature(op: str) -> str:
@@ -213,15 +222,15 @@ def test_failed_evolution_goes_back_to_the_pool_and_is_retried_next_round():
     teacher = ScriptedTeacher(rewrite)
     seeds = _seeds(2)
     state = EvolveState.start(seeds)
-    cfg, rng = _cfg(), random.Random(0)
-    r1 = evolve_round(state, teacher, cfg, rng)
+    cfg = _cfg()
+    r1 = evolve_round(state, teacher, cfg)
     assert [r.reason for r in r1.rejected] == ["leaked_prompt"]
     rej = r1.rejected[0]
     assert rej.stage == "evolve" and rej.record.parent_id == "s0" and rej.record.root_id == "s0"
     assert rej.details["failures"] == 1 and "retired" not in rej.details
     assert state.items[0].head is seeds[0] and state.items[0].failures == 1  # back in the pool unchanged
     assert [r.id for r in r1.kept] == ["s1-r1"]
-    r2 = evolve_round(state, teacher, cfg, rng)
+    r2 = evolve_round(state, teacher, cfg)
     by_root = {r.root_id: r for r in r2.kept}
     assert by_root["s0"].parent_id == "s0" and by_root["s0"].round == 2  # retried, evolved from the seed
     assert by_root["s1"].parent_id == "s1-r1" and by_root["s1"].round == 2  # the chain continues
@@ -229,7 +238,8 @@ def test_failed_evolution_goes_back_to_the_pool_and_is_retried_next_round():
         assert rec.source == "evolve" and rec.operation in EVOLVE_OPERATIONS and rec.output
         assert rec.teacher_model == "scripted" and rec.task_id == rec.id
     # One generate call per phase per round, each with all of the round's items.
-    assert teacher.calls == [("rewrite", 2), ("answer", 1), ("rewrite", 2), ("answer", 2)]
+    # Every item asks once per phase per round; a failed rewrite is never answered.
+    assert teacher.calls == {("rewrite", 1): 2, ("answer", 1): 1, ("rewrite", 2): 2, ("answer", 2): 2}
     s = state.summary()
     assert s["rounds"][0]["attempts"] == 2 and s["rounds"][0]["passes"] == 1
     assert s["rounds"][0]["failures"] == {"leaked_prompt": 1} and s["rounds"][0]["pass_rate"] == 0.5
@@ -240,16 +250,47 @@ def test_failed_evolution_goes_back_to_the_pool_and_is_retried_next_round():
 def test_item_is_retired_after_max_failures_and_never_tried_again():
     teacher = ScriptedTeacher(lambda i, op, rnd: "***")  # unparseable every time
     state = EvolveState.start(_seeds(2))
-    cfg, rng = _cfg(max_failures_per_item=2), random.Random(1)
+    cfg = _cfg(max_failures_per_item=2)
     reasons = []
     for _ in range(5):
-        res = evolve_round(state, teacher, cfg, rng)
+        res = evolve_round(state, teacher, cfg)
         reasons += [(r.reason, r.details.get("retired", False)) for r in res.rejected]
     assert reasons == [("unparseable_rewrite", False)] * 2 + [("unparseable_rewrite", True)] * 2
     assert all(it.status == "retired" and it.retired_reason == "max_failures" for it in state.items)
-    assert teacher.calls == [("rewrite", 2), ("rewrite", 2)]  # rounds 3-5 asked nothing
+    assert teacher.calls == {("rewrite", 1): 2, ("rewrite", 2): 2}  # rounds 3-5 asked nothing
     assert state.summary()["pool"]["retired_by_reason"] == {"max_failures": 2}
     assert state.summary()["rounds"][1]["retired"] == {"max_failures": 2}
+
+
+def test_items_run_ahead_of_slow_ones_and_the_result_does_not_depend_on_timing():
+    """Each item runs its own request chain: an item starts round 2 while a slow item is still in round 1, and a
+    three-round run with random latencies gives exactly what three rounds one after another give."""
+    def rewrite(instruction, op, rnd):
+        return "***" if (rnd == 2 and "coffee" in instruction) else _good(instruction, op, rnd)
+
+    def run_rounds(delay, rounds_at_once):
+        teacher = ScriptedTeacher(rewrite, delay=delay)
+        state, cfg, out = EvolveState.start(_seeds(5)), _cfg(), []
+        engine = Engine(teacher, concurrency=64)
+        try:
+            for _ in range(3 // rounds_at_once):
+                engine.run(evolve.run(state, engine, cfg, out.append, rounds=rounds_at_once))
+        finally:
+            engine.close()
+        rows = [([(k.id, k.instruction, k.output, k.operation) for k in o.kept],
+                 [(j.record.id, j.reason, j.record.instruction) for j in o.rejected], o.stats.as_dict()) for o in out]
+        return rows, state, teacher
+
+    slow = lambda phase, rnd, key: 0.3 if key == "s0-r1" else random.Random(key + phase).random() * 0.02
+    pipelined, state, teacher = run_rounds(slow, 3)
+    stepwise, state2, _ = run_rounds(None, 1)
+    assert pipelined == stepwise and len(pipelined) == 3
+    assert [(it.head.id, it.failures) for it in state.items] == [(it.head.id, it.failures) for it in state2.items]
+    assert state.round == 3 and [h.round for h in state.history] == [1, 2, 3]
+    # s1 sent its round-2 (even round-3) rewrite before the slow s0 got its round-1 answer.
+    slow_done = teacher.log.index(("answered", "answer", "s0-r1"))
+    assert teacher.log.index(("sent", "rewrite", "s1-r2")) < slow_done
+    assert pipelined[1][1] == [("s4-r2", "unparseable_rewrite", "")]
 
 
 def test_length_cap_holds_and_growth_stops():
@@ -257,21 +298,21 @@ def test_length_cap_holds_and_growth_stops():
     teacher = ScriptedTeacher(lambda i, op, rnd: i.rstrip(".") + " and also "
                               + " ".join(f"detail{rnd}x{k}" for k in range(22)) + ".")
     state = EvolveState.start(_seeds(3))
-    cfg, rng = _cfg(max_instruction_words=60, max_instruction_chars=5000, max_failures_per_item=2), random.Random(2)
+    cfg = _cfg(max_instruction_words=60, max_instruction_chars=5000, max_failures_per_item=2)
     kept, rejected = [], []
     for _ in range(10):
-        res = evolve_round(state, teacher, cfg, rng)
+        res = evolve_round(state, teacher, cfg)
         kept += res.kept
         rejected += res.rejected
     assert kept and all(evolve.words(r.instruction) <= 60 for r in kept)
     assert {r.reason for r in rejected} == {"too_long"}
     assert all(it.status == "retired" for it in state.items)
-    assert teacher.calls.count(("answer", 3)) <= 2
+    assert sum(n for (phase, _), n in teacher.calls.items() if phase == "answer") <= 6
     # The per-step growth cap: a text rewrite that adds far more than 10-20 words fails (not complicate_input).
     cfg = _cfg(max_growth_words=15, operations={"constraints": 1.0, "complicate_input": 1.0, "deepen": 0.0,
                                                 "concretize": 0.0, "reasoning": 0.0, "breadth": 0.0})
     state = EvolveState.start(_seeds(5))
-    res = evolve_round(state, teacher, cfg, random.Random(6))
+    res = evolve_round(state, teacher, cfg)
     ops = {r.root_id: r.operation for r in res.kept} | {r.record.root_id: r.record.operation for r in res.rejected}
     assert set(ops.values()) == {"constraints", "complicate_input"}
     assert all(r.operation == "complicate_input" for r in res.kept)
@@ -279,12 +320,12 @@ def test_length_cap_holds_and_growth_stops():
     # A rewrite that loops on itself fails, whatever its length.
     looped = "Solve the puzzle and explain your reasoning step by step. " * 2
     looping = ScriptedTeacher(lambda i, op, rnd: i.rstrip(".") + ". " + looped)
-    res = evolve_round(EvolveState.start(_seeds(2)), looping, _cfg(max_growth_words=0), random.Random(2))
+    res = evolve_round(EvolveState.start(_seeds(2)), looping, _cfg(max_growth_words=0))
     assert {r.reason for r in res.rejected} == {"repetitive_rewrite"} and not res.kept
     assert evolve.repeated_ngram("Sort the table by price, then by name.\n| a | 1 |\n| b | 2 |") is None
     # The character cap holds as well.
     state = EvolveState.start(_seeds(3))
-    res = evolve_round(state, teacher, _cfg(max_instruction_chars=80), random.Random(2))
+    res = evolve_round(state, teacher, _cfg(max_instruction_chars=80))
     assert not res.kept and {r.reason for r in res.rejected} == {"too_long"}
 
 
@@ -302,30 +343,30 @@ def test_cheap_checks_reject_unchanged_truncated_copied_drifted_and_bad_answers(
                               answer=lambda p: "Sorry, I cannot." if "Lisbon" in p else "A full answer " * 10)
     state = EvolveState.start(seeds)
     cfg = _cfg(operations={"constraints": 1.0, **{op: 0.0 for op in EVOLVE_OPERATIONS if op != "constraints"}})
-    res = evolve_round(state, teacher, cfg, random.Random(3))
+    res = evolve_round(state, teacher, cfg)
     got = {r.record.root_id: r.reason for r in res.rejected}
     assert got == {"s0": "unchanged", "s1": "copied_example", "s2": "drifted", "s3": "sorry_answer"}
     assert [r.root_id for r in res.kept] == ["s4"] and res.kept[0].operation == "constraints"
     assert res.kept[0].meta["growth_words"] == 6
     # A rewrite cut by the length limit fails before anything else.
     teacher = ScriptedTeacher(lambda i, op, rnd: i + " and more", rewrite_finish="length")
-    res = evolve_round(EvolveState.start(_seeds(2)), teacher, cfg, random.Random(3))
-    assert {r.reason for r in res.rejected} == {"truncated_rewrite"} and teacher.calls == [("rewrite", 2)]
+    res = evolve_round(EvolveState.start(_seeds(2)), teacher, cfg)
+    assert {r.reason for r in res.rejected} == {"truncated_rewrite"} and teacher.calls == {("rewrite", 1): 2}
 
 
 def test_equal_judgment_runs_after_cheap_checks_when_enabled():
     seeds = _seeds(3)
     teacher = ScriptedTeacher(lambda i, op, rnd: _good(i, op, rnd) if "key" not in i else "***",
                               judge=lambda a, b: "Equal" if "refrigerator" in a else "Not Equal")
-    res = evolve_round(EvolveState.start(seeds), teacher, _cfg(judge_equal=True), random.Random(4))
+    res = evolve_round(EvolveState.start(seeds), teacher, _cfg(judge_equal=True))
     assert {r.record.root_id: r.reason for r in res.rejected} == {"s0": "unparseable_rewrite",
                                                                   "s1": "no_information_gain"}
     assert [r.root_id for r in res.kept] == ["s2"]
-    assert teacher.calls == [("rewrite", 3), ("judge", 2), ("answer", 1)]  # judged only what passed cheap checks
+    assert teacher.calls == {("rewrite", 1): 3, ("judge", 1): 2, ("answer", 1): 1}  # judged only what passed cheap checks
     # Off by default: no judge call.
     teacher = ScriptedTeacher(lambda i, op, rnd: _good(i, op, rnd))
-    evolve_round(EvolveState.start(seeds), teacher, _cfg(), random.Random(4))
-    assert [p for p, _ in teacher.calls] == ["rewrite", "answer"]
+    evolve_round(EvolveState.start(seeds), teacher, _cfg())
+    assert {p for p, _ in teacher.calls} == {"rewrite", "answer"}
 
 
 def test_operations_follow_seeded_weights():
