@@ -484,6 +484,17 @@ class Stats:
         self.gen_after_first = 0
         self.gen_after_first_with_machine = 0
         self.first_machine_seen = False
+        self.timeline: dict[int, float] = {}  # second since the first arrival -> busy slot-seconds in it
+
+    def add_busy(self, start: float, end: float) -> None:
+        """Spread one request's busy interval over the 1-second buckets of the timeline."""
+        t0 = self.first_arrival or start
+        a, b = start - t0, end - t0
+        while a < b:
+            k = int(a)
+            step = min(b, k + 1) - a
+            self.timeline[k] = self.timeline.get(k, 0.0) + step
+            a += step
 
     def observe(self, in_flight: int, now: float) -> None:
         """Call before in-flight changes."""
@@ -528,6 +539,8 @@ class Stats:
             "machine_prompt_share_after_first": (round(self.gen_after_first_with_machine / self.gen_after_first, 4)
                                                  if self.gen_after_first else None),
             "seed_instructions_known": len(server.seeds),
+            # busy share of the slots in each second since the first request (where occupancy is lost)
+            "timeline": [round(self.timeline.get(k, 0.0) / cap, 3) for k in range(int(wall) + 1)] if cap else [],
         }
 
 
@@ -660,6 +673,7 @@ class Server:
         now = self.clock()
         st = self.stats
         st.busy += now - start
+        st.add_busy(start, now)
         st.observe(self.in_flight, now)
         self.in_flight -= 1
         st.last_completion = now

@@ -62,6 +62,9 @@ class TeacherConfig(_Section):
     # max_concurrency. A number: exactly that many. llama.cpp in-process answers one at a time whatever this says.
     concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     max_concurrency: int = Field(256, ge=1)
+    # Hedge a request that takes longer than this many times the median latency of its kind, by sending it again
+    # into an idle slot (first answer wins). 0 = off. For self-hosted servers, where idle capacity is free.
+    hedge: float = Field(0.0, ge=0.0)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     # llama.cpp in-process settings.

@@ -21,7 +21,6 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from ..config import RunConfig
 from ..errors import InputError
@@ -33,6 +32,7 @@ from ..records import Record
 from ..stages import bootstrap, evolve
 from ..stages.export import to_alpaca, to_messages
 from ..teachers import Teacher
+from ..teachers.engine import gather_or_cancel
 from ..train.evaluate import evaluate
 from ..train.tune import has_checkpoint, train
 from .read import resolve_dataset, resolve_tune_dir
@@ -43,6 +43,12 @@ TEACHER_STAGES = {"bootstrap", "evolve"}
 
 
 def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Progress = no_progress) -> None:
+    teacher.run(bootstrap_stage(run, teacher, seeds, progress))
+
+
+async def bootstrap_stage(run: Run, teacher: Teacher, seeds: list[Record], progress: Progress = no_progress) -> None:
+    """The bootstrap stage as a coroutine on the engine's loop (it may run beside the evolve stage)."""
+    teacher.stage(bootstrap.STAGE)
     cfg = run.cfg
     t0 = time.time()
     state = bootstrap.BootstrapState.start(seeds, cfg.filter)
@@ -53,6 +59,7 @@ def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Pro
 
     def emit(result: bootstrap.StepResult) -> None:
         nonlocal kept
+        teacher.flush()  # the answers behind these records are durable before the records are
         files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
         kept += len(result.kept)
         rejected.update(r.reason for r in result.rejected)
@@ -62,7 +69,7 @@ def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Pro
 
     progress(bootstrap.STAGE, 0, target, {})  # starts the stage's clock, so rates are per real minute
     try:
-        teacher.run(bootstrap.run(state, teacher, cfg.bootstrap, cfg.filter, emit))
+        await bootstrap.run(state, teacher, cfg.bootstrap, cfg.filter, emit)
     finally:
         files.close()
         run.record_stage(
@@ -71,7 +78,7 @@ def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Pro
             target_instructions=target,
             generation_requests=state.requests,
             stats=dict(state.stats),
-            usage=teacher.usage.as_dict(),
+            usage=teacher.stage_usage(bootstrap.STAGE).as_dict(),
             engine=teacher.describe(),
             teacher_model=teacher.model_name,
         )
@@ -85,18 +92,13 @@ def evolve_inputs(run: Run, seeds: list[Record]) -> list[Record]:
     return [Record.from_dict(row) for row in read_jsonl(path)] if path.exists() else []
 
 
-def _usage_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in after.items():
-        if isinstance(value, (int, float)):
-            out[key] = value - before.get(key, 0)
-        elif isinstance(value, dict):
-            out[key] = {k: v - before.get(key, {}).get(k, 0) for k, v in value.items()}
-    return out
-
-
 def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Progress = no_progress,
                reference: list[Record] | None = None) -> dict:
+    return teacher.run(evolve_stage(run, teacher, records, progress, reference))
+
+
+async def evolve_stage(run: Run, teacher: Teacher, records: list[Record], progress: Progress = no_progress,
+                       reference: list[Record] | None = None) -> dict:
     """Evolve ``records`` (seed tasks or bootstrap kept records) for ``run.cfg.evolve.rounds`` rounds.
 
     ``reference`` starts the filter chain's novelty pool (default: ``records``, all of them, not only the
@@ -107,12 +109,12 @@ def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Prog
     operation attempts, passes, pass rate, failures by reason and mean word growth (``evolve.EvolveState.summary``)
     plus the filter chain's counts.
     """
+    teacher.stage(evolve.STAGE)
     cfg = run.cfg.evolve
     t0 = time.time()
     state = evolve.EvolveState.start(records, cfg.max_items, random.Random(cfg.seed))
     reference = list(records if reference is None else reference)
     files = run.stage_files(evolve.STAGE)
-    usage_before = teacher.usage.as_dict()
     rejected: Counter = Counter()
     filter_rejected: Counter = Counter()
     summary: dict = {}
@@ -123,6 +125,7 @@ def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Prog
         accepted = list(filtered.kept) if filtered else []
         dropped = list(filtered.rejected) if filtered else []
         reference.extend(accepted)
+        teacher.flush()  # the answers behind these records are durable before the records are
         files.write((r.to_dict() for r in accepted), (r.to_dict() for r in [*res.rejected, *dropped]))
         counts["evolved"] += len(res.kept)
         counts["kept"] += len(accepted)
@@ -135,7 +138,7 @@ def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Prog
 
     try:
         progress(evolve.STAGE, 0, cfg.rounds, {"items": len(state.items)})
-        teacher.run(evolve.run(state, teacher, cfg, emit))
+        await evolve.run(state, teacher, cfg, emit)
     finally:
         files.close()
         summary = state.summary()
@@ -149,7 +152,7 @@ def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Prog
             rounds=cfg.rounds,
             evolved=evolved,
             stats=summary,
-            usage=_usage_delta(usage_before, teacher.usage.as_dict()),
+            usage=teacher.stage_usage(evolve.STAGE).as_dict(),
             teacher_model=teacher.model_name,
         )
     return summary
@@ -233,6 +236,17 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
                      need_teacher=bool(TEACHER_STAGES & set(stages))) as (run, teacher):
         run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
                                  "paths": [str(cfg.resolve_path(p).resolve()) for p in cfg.seed_files]}
+        together = [s for s in ("bootstrap", "evolve") if s in stages and not run.is_done(s)]
+        if len(together) == 2 and cfg.evolve.source == "seeds":
+            # Neither needs the other's output: run both at once on the one engine, so the teacher is kept busy
+            # through the ends of both (each stage still writes, records and finishes on its own).
+            async def done_when(stage: str, coro) -> None:
+                await coro
+                run.mark_done(stage)
+
+            teacher.run(gather_or_cancel([
+                done_when("bootstrap", bootstrap_stage(run, teacher, seeds, progress)),
+                done_when("evolve", evolve_stage(run, teacher, evolve_inputs(run, seeds), progress))]))
         for stage in stages:
             if run.is_done(stage):
                 continue

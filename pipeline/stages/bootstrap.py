@@ -200,7 +200,7 @@ async def run(state: BootstrapState, engine: Engine, cfg: BootstrapConfig, fcfg:
                and state.tasks_kept + expected_tasks() < target):
             g = state.requests
             req = _prompt(state, cfg, g)
-            sent[g] = (req, asyncio.ensure_future(engine.complete(req, "generate")))
+            sent[g] = (req, asyncio.ensure_future(engine.complete(req, "generate", priority=3)))
             state.requests += 1
 
     try:

@@ -416,10 +416,12 @@ def _check_rewrite(a: _Attempt, text: str, comp: Completion, messages: list[dict
 
 
 async def evolve_item(item: PoolItem, round_no: int, engine: Teacher, cfg: EvolveConfig,
-                      leaks: LeakDetector) -> _Attempt:
+                      leaks: LeakDetector, rounds_after: int = 0) -> _Attempt:
     """One item's try in round ``round_no``: rewrite, cheap checks, the optional Equal judgment, the answer, the
     answer checks, each request sent as soon as the previous one is answered (no phase waits for other items).
-    A pass makes the candidate the item's new head; a failure counts against the item and may retire it."""
+    A pass makes the candidate the item's new head; a failure counts against the item and may retire it.
+    ``rounds_after``: rounds this item may still run after this one (its requests' priority in the engine)."""
+    later = 3 * rounds_after
     op = _operation(cfg, item, round_no)
     parent = item.head
     messages = render_messages(f"evolve_{op}", instruction=parent.instruction, input=parent.input)
@@ -440,7 +442,8 @@ async def evolve_item(item: PoolItem, round_no: int, engine: Teacher, cfg: Evolv
 
     # 1. Rewrite. The record id is the sample key: a retry next round is a fresh sample, not a replay of the
     # failed one (identical requests share a sampling seed and a cache entry).
-    comp = await engine.complete(ChatRequest(messages, cfg.rewrite_decoding, sample_key=rec.id), "evolve_rewrite")
+    comp = await engine.complete(ChatRequest(messages, cfg.rewrite_decoding, sample_key=rec.id), "evolve_rewrite",
+                                 priority=later + 2)
     rec.meta["raw_rewrite"] = comp.text[:4000]
     rec.instruction = parse_rewrite(comp.text) if comp.finish_reason != REFUSED else ""  # shown on a rejection too
     verdict = _check_rewrite(a, rec.instruction, comp, messages, cfg, leaks)
@@ -452,7 +455,7 @@ async def evolve_item(item: PoolItem, round_no: int, engine: Teacher, cfg: Evolv
         j = await engine.complete(ChatRequest(
             render_messages("evolve_equal", first=user_prompt(parent.instruction, parent.input),
                             second=user_prompt(rec.instruction, rec.input)),
-            cfg.judge_decoding, sample_key=rec.id), "evolve_judge")
+            cfg.judge_decoding, sample_key=rec.id), "evolve_judge", priority=later + 1)
         rec.meta["judge"] = j.text.strip()[:200]
         if j.finish_reason == REFUSED:
             return fail("teacher_refused", {"message": j.text[:500]})
@@ -464,7 +467,8 @@ async def evolve_item(item: PoolItem, round_no: int, engine: Teacher, cfg: Evolv
 
     # 3. Answer, with the plain user prompt (as the tuned model will be prompted).
     ans = await engine.complete(ChatRequest([{"role": "user", "content": user_prompt(rec.instruction, rec.input)}],
-                                            cfg.answer_decoding, sample_key=rec.id), "evolve_answer")
+                                            cfg.answer_decoding, sample_key=rec.id), "evolve_answer",
+                                priority=later)
     rec.output = ans.text.strip() if ans.finish_reason != REFUSED else ""
     verdict = (("teacher_refused", {"message": ans.text[:500]}) if ans.finish_reason == REFUSED
                else check_answer(ans, cfg.sorry_max_words))
@@ -522,7 +526,7 @@ async def run(state: EvolveState, engine: Teacher, cfg: EvolveConfig, emit: Call
     async def lineage(i: int, item: PoolItem) -> None:
         for k in range(total):
             if item.status == "active":
-                slots[k][i] = await evolve_item(item, first + k, engine, cfg, leaks)
+                slots[k][i] = await evolve_item(item, first + k, engine, cfg, leaks, rounds_after=total - 1 - k)
             filled[k] += 1
             changed.set()
 

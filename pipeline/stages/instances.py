@@ -108,7 +108,7 @@ async def is_classification(task: Record, engine: Engine, cfg: BootstrapConfig, 
     if cfg.classification == "rules":
         return is_classification_by_rules(task.instruction)
     answer = await engine.complete(_request("classify", cfg.classification_decoding, instruction=task.instruction),
-                                   "classify")
+                                   "classify", priority=2)
     verdict = parse_yes_no(answer.text)
     if verdict is None:
         stats["classification_unparsed"] += 1
@@ -126,7 +126,7 @@ async def instances_for(task: Record, engine: Engine, cfg: BootstrapConfig) -> I
         labels = labels_from_instruction(task.instruction)
         if not labels:
             reply = await engine.complete(_request("list_labels", cfg.labels_decoding, instruction=task.instruction),
-                                          "labels")
+                                          "labels", priority=1)
             labels = parse_labels(reply.text) if reply.finish_reason != REFUSED else []
         if not labels:
             res.rejected.append((task, "no_class_labels", {}))
@@ -140,7 +140,8 @@ async def instances_for(task: Record, engine: Engine, cfg: BootstrapConfig) -> I
     async def one(label: str | None, messages: list[dict], k: int) -> tuple[Record | None, str, dict, str]:
         inp = ""
         if messages:
-            reply = await engine.complete(instance_request(messages, cfg.input_decoding, k), "input")
+            reply = await engine.complete(instance_request(messages, cfg.input_decoding, k), "input",
+                                          priority=0 if label is not None else 1)
             if reply.finish_reason == REFUSED:
                 return None, "teacher_refused", {"label": label, "message": reply.text}, ""
             if reply.finish_reason == "length":
@@ -151,7 +152,7 @@ async def instances_for(task: Record, engine: Engine, cfg: BootstrapConfig) -> I
         if label is not None:  # classification: the label is the output
             return None, "", {}, inp
         reply = await engine.complete(instance_request([{"role": "user", "content": user_prompt(task.instruction, inp)}],
-                                                       cfg.answer_decoding, k), "answer")
+                                                       cfg.answer_decoding, k), "answer", priority=0)
         with_answer = Record(**{**task.to_dict(), "input": inp, "output": reply.text})
         if reply.finish_reason == REFUSED:
             return with_answer, "teacher_refused", {"message": reply.text}, inp

@@ -38,7 +38,7 @@ def make_engine(cfg: TeacherConfig, cache: RequestCache | None = None, budget: B
     # Only a server can be probed for its width; vLLM in-process takes the whole window as one batch.
     auto = cfg.concurrency == "auto" and cfg.backend == "openai"
     return Engine(backend or make_backend(cfg), cache, budget, concurrency=_ceiling(cfg), auto=auto,
-                  max_retries=cfg.max_retries)
+                  max_retries=cfg.max_retries, hedge=cfg.hedge)
 
 
 def make_teacher(cfg: TeacherConfig) -> Engine:

@@ -1,13 +1,20 @@
 """The request cache and the spending budget, which the engine (``engine.py``) puts in front of every backend.
 
-Every completed request is stored in SQLite (``<run>/cache.sqlite``) the moment it completes, keyed by a hash of
-backend, model, messages (the rendered template), decoding parameters and sample key. A resumed run therefore never
-sends a request that already succeeded: its stages replay from the start and the cache answers. Because the cache
-holds every paid completion of the run, it is also where the budget is counted.
+Every completed request is stored in SQLite (``<run>/cache.sqlite``) as it completes, keyed by a hash of backend,
+model, messages (the rendered template), decoding parameters and sample key. A resumed run therefore never sends a
+request that already succeeded: its stages replay from the start and the cache answers. Because the cache holds
+every paid completion of the run, it is also where the budget is counted.
+
+Answers are committed in groups (group commit): one fsync per ``max_pending`` answers or ``max_delay_s`` seconds,
+instead of one per answer, which at hundreds of answers a second would stall the engine's loop on the disk. The run
+calls ``flush()`` before it writes any record built from cached answers, so the files never hold a record whose
+answers a crash could lose; what a kill can lose is at most ``max_delay_s`` of answers not yet used by any written
+record, which a resume sends again.
 """
 from __future__ import annotations
 
 import sqlite3
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +33,19 @@ class Spent:
 
 
 class RequestCache:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, max_pending: int = 256, max_delay_s: float = 0.25):
         path.parent.mkdir(parents=True, exist_ok=True)
-        # autocommit: each insert is durable on its own. The engine's thread writes, the run's thread reads totals.
+        # Transactions by hand (isolation_level=None): put() opens one, flush() commits it. The engine's thread
+        # writes, the run's thread reads totals.
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
                          "finish_reason TEXT NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER)")
+        self.max_pending, self.max_delay_s = max_pending, max_delay_s
+        self.pending = 0  # answers stored but not yet committed
+        self._oldest = 0.0
+        self.commits = 0
 
     def get(self, key: str) -> Completion | None:
         row = self._db.execute("SELECT text, finish_reason, prompt_tokens, completion_tokens FROM completions "
@@ -41,8 +53,21 @@ class RequestCache:
         return None if row is None else Completion(*row)
 
     def put(self, key: str, c: Completion) -> None:
+        if not self.pending:
+            self._db.execute("BEGIN")
+            self._oldest = time.monotonic()
         self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
                          (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
+        self.pending += 1
+        if self.pending >= self.max_pending or time.monotonic() - self._oldest >= self.max_delay_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit (and fsync) every answer stored so far."""
+        if self.pending:
+            self._db.execute("COMMIT")
+            self.pending = 0
+            self.commits += 1
 
     def spent(self) -> Spent:
         n, p, c = self._db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
@@ -50,6 +75,7 @@ class RequestCache:
         return Spent(n, p, c)
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
 

@@ -8,7 +8,14 @@ the one window of slots, so a server is kept busy across phase boundaries instea
 
 Concurrency is either fixed or ``"auto"``: start modest, grow while latency stays flat and the window is full,
 shrink on 429/503 and when latency climbs (a self-hosted server queues instead of refusing), never above the
-configured ceiling. See ``AdaptiveLimit``.
+configured ceiling. See ``AdaptiveLimit``. When requests wait for a slot, the one with the longest chain of requests
+still to come after it goes first (``priority``): the requests that start work (a generation, a rewrite) are not
+held behind the last steps of earlier work, so work is always queued and a stage's end drains quickly.
+
+Hedging (``teacher.hedge``, off by default, on in ``configs/vllm_server.toml``): a request still unanswered after
+``hedge`` x the median latency of its kind is sent a second time, only into a slot that would otherwise stay idle
+(nobody is waiting), and the first answer wins. It costs a self-hosted server nothing but idle capacity and cuts
+the stragglers that hold back in-order decisions and a stage's last answers; on a paid API each hedge is paid.
 
 A request that can never succeed (HTTP 400: context too long, content filter, unsupported parameter; llama.cpp
 rejecting a prompt) is not retried and does not end the run: it comes back as a completion with
@@ -18,19 +25,26 @@ send it again), and the stage rejects its record with reason ``teacher_refused``
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import heapq
+import statistics
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Coroutine, Iterable, TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 from ..errors import TeacherError
 from .base import REFUSED, Backend, ChatRequest, Completion, OnResult, Refused, Transient, Usage
 from .cache import Budget, BudgetExhausted, RequestCache, Spent
 
 T = TypeVar("T")
+
+# The stage a request is made for, so that stages running at once on one engine each get their own usage. A stage
+# coroutine sets it once (``Engine.stage``); the tasks it starts inherit it.
+current_stage: contextvars.ContextVar[str] = contextvars.ContextVar("current_stage", default="")
 
 
 @dataclass
@@ -53,19 +67,22 @@ class AdaptiveLimit:
     can. Per kind of request (a 4-token Yes/No is not a 384-token list) it keeps the quickest latencies seen
     (the 10th percentile of a window, the lowest over the run), and at the end of each window (about one round
     trip: ``limit`` completions) it takes the median of latency / quickest. Near 1: the server has room, and if
-    the window was full the limit grows (doubling at first, then by an eighth). Above ``high`` (2): requests wait
+    the window was full the limit grows (x4 per round trip at first, from 16: a GPU server is reached in three
+    or four round trips instead of six or seven, which at 2 s a request is most of a short run's idle time; then
+    by an eighth). Above ``high`` (2): requests wait
     in the server's queue, and the limit shrinks in proportion. In between it holds: the server is full and a
     short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a quarter (once per window)
     and caps it just under the level that was refused, a cap raised by one per window to probe again. Windows
     where the stages offered fewer requests than the limit say nothing about the server and change nothing.
     """
 
-    def __init__(self, ceiling: int, auto: bool, initial: int = 8, low: float = 1.3, high: float = 2.0):
+    def __init__(self, ceiling: int, auto: bool, initial: int = 16, low: float = 1.3, high: float = 2.0):
         self.ceiling, self.auto, self.low, self.high = max(1, ceiling), auto, low, high
         self.limit = min(self.ceiling, initial) if auto else self.ceiling
         self.in_flight = 0
         self.stats = LimitStats(limit=self.limit, peak_limit=self.limit)
-        self._cond = asyncio.Condition()
+        self._waiters: list[tuple[int, int, asyncio.Future]] = []  # (-priority, arrival, future): a heap
+        self._seq = 0
         self._startup = True
         self._window: list[tuple[str, float]] = []
         self._window_full = False
@@ -73,30 +90,67 @@ class AdaptiveLimit:
         self._soft_cap: float = float(self.ceiling)
         self._quickest: dict[str, float] = {}
         self._last_change = time.monotonic()
+        self._epoch = 0
 
-    async def acquire(self) -> None:
-        async with self._cond:
-            while self.in_flight >= self.limit:
-                self._window_full = True
-                await self._cond.wait()
-            self._account()
-            self.in_flight += 1
-            if self.in_flight >= self.limit:
-                self._window_full = True
-            self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.in_flight)
+    async def acquire(self, priority: int = 0) -> int:
+        """Wait for a slot; returns the epoch (how many times the limit had changed) to give back to release.
+        Waiting requests get slots highest ``priority`` first, then first come, first served."""
+        if self.in_flight < self.limit and not self._waiters:
+            self._take()
+            return self._epoch
+        self._window_full = True
+        fut = asyncio.get_running_loop().create_future()
+        self._seq += 1
+        heapq.heappush(self._waiters, (-priority, self._seq, fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # the slot was handed over as we were cancelled: pass it on
+                self._account()
+                self.in_flight -= 1
+                self._wake()
+            raise
+        return self._epoch
 
-    async def release(self, latency: float | None, congestion: bool = False, kind: str = "") -> None:
-        async with self._cond:
-            self._account()
-            self.in_flight -= 1
-            if self.auto:
-                if congestion:
-                    self._on_congestion()
-                elif latency is not None:
-                    self._window.append((kind, latency))
-                    if len(self._window) >= max(self.limit, 8):
-                        self._end_window()
-            self._cond.notify(max(1, self.limit - self.in_flight))
+    def try_acquire(self) -> int | None:
+        """A slot now if one is idle and nobody is waiting for it (for a hedge), else None."""
+        if self.in_flight < self.limit and not self._waiters:
+            self._take()
+            return self._epoch
+        return None
+
+    def _take(self) -> None:
+        self._account()
+        self.in_flight += 1
+        if self.in_flight >= self.limit:
+            self._window_full = True
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.in_flight)
+
+    def _wake(self) -> None:
+        """Hand free slots to the waiting requests, best first."""
+        while self._waiters and self.in_flight < self.limit:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                self._take()
+                fut.set_result(None)
+
+    async def release(self, latency: float | None, congestion: bool = False, kind: str = "",
+                      epoch: int | None = None) -> None:
+        self._account()
+        self.in_flight -= 1
+        if congestion:  # fixed or auto: a server that refuses gets less, whatever the config asked for
+            self._on_congestion()
+        elif self.auto or self._soft_cap < self.ceiling or self.limit < self.ceiling:
+            if latency is not None and (epoch is None or epoch == self._epoch):
+                # Only requests sent under the present limit say how it does: one sent before a cut waited
+                # behind the overshoot, and counting it would cut again for a queue that is already gone.
+                self._window.append((kind, latency))
+                # A window is about one round trip (``limit`` answers); while starting up, 16 answers of the
+                # present limit already tell whether latency is flat, so the limit grows every round trip.
+                if len(self._window) >= (min(self.limit, 16) if self._startup and self.auto
+                                         else max(self.limit, 8)):
+                    self._end_window()
+        self._wake()
 
     def _account(self) -> None:
         now = time.monotonic()
@@ -109,6 +163,8 @@ class AdaptiveLimit:
             self.stats.increases += 1
         elif limit < self.limit:
             self.stats.decreases += 1
+        if limit != self.limit:
+            self._epoch += 1
         self.limit = limit
         self.stats.limit = limit
         self.stats.peak_limit = max(self.stats.peak_limit, limit)
@@ -132,7 +188,14 @@ class AdaptiveLimit:
                 p10 = lats[len(lats) // 10]
                 self._quickest[kind] = min(self._quickest.get(kind, p10), p10)
         ratios = sorted(lat / self._quickest[kind] for kind, lat in window if kind in self._quickest)
-        if congested or not ratios:
+        if congested:
+            return
+        if not self.auto:  # fixed: only the way back up after 429s, an eighth a window, to the configured number
+            self._soft_cap = min(float(self.ceiling), self._soft_cap + max(1, self.limit // 8))
+            if full:
+                self._set(self.limit + max(1, self.limit // 8))
+            return
+        if not ratios:
             return
         self._soft_cap = min(float(self.ceiling), self._soft_cap + 1)
         inflation = ratios[len(ratios) // 2]
@@ -140,7 +203,7 @@ class AdaptiveLimit:
             self._startup = False
             self._set(self.limit * max(0.5, self.high * 0.75 / inflation))
         elif inflation < self.low and full:
-            self._set(self.limit * 2 if self._startup else self.limit + max(1, self.limit // 8))
+            self._set(self.limit * 4 if self._startup else self.limit + max(1, self.limit // 8))
         elif inflation >= self.low:
             self._startup = False
 
@@ -155,11 +218,24 @@ def _retry_wait(initial: float, maximum: float):
     return wait
 
 
+@dataclass(eq=False)
+class _Try:
+    """One try of a request with hedging on: its copies in flight, and the first answer."""
+
+    req: ChatRequest
+    kind: str
+    t0: float
+    result: asyncio.Future
+    tasks: list = field(default_factory=list)
+
+
 @dataclass
 class EngineStats:
     sent: int = 0
     cache_hits: int = 0
     refused: int = 0
+    hedged: int = 0  # duplicates sent for slow requests (teacher.hedge)
+    hedge_wins: int = 0  # of which answered first
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
@@ -168,29 +244,49 @@ class Engine:
 
     def __init__(self, backend: Backend, cache: RequestCache | None = None, budget: Budget | None = None, *,
                  concurrency: int = 8, auto: bool = False, max_retries: int = 6, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 30.0):
+                 backoff_max_s: float = 30.0, hedge: float = 0.0):
         self.backend = backend
         self.backend_name, self.model_name = backend.backend, backend.model_name
         self.cache, self.budget = cache, budget or Budget()
         ceiling = min(concurrency, backend.max_parallel or concurrency)
         self.limit = AdaptiveLimit(ceiling, auto=auto and ceiling > 1)
         self.max_retries = max_retries
+        self.hedge = hedge  # 0 = off; else hedge a request slower than this many times its kind's median latency
+        self._latencies: dict[str, deque] = {}
+        self._tries: set[_Try] = set()
+        self._scanner: asyncio.Task | None = None
         self._wait = _retry_wait(backoff_initial_s, backoff_max_s)
         self.usage = Usage()
+        self.usage_by_stage: dict[str, Usage] = {}
         self.stats = EngineStats()
         self._spent = cache.spent() if cache is not None else Spent(0, 0, 0)
         self._reserved = 0  # requests sent and not yet answered: the request budget is exact
         self._pending: dict[str, asyncio.Future] = {}  # identical requests in flight are sent once
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
+
+    def flush(self) -> None:
+        """Make every answer received so far durable (the cache commits in groups). The run calls it before it
+        writes records built from answers, on the engine's thread."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        if self.cache is not None:
+            self.cache.flush()
 
     # -- the one call stages make -------------------------------------------------------------------------------
-    async def complete(self, req: ChatRequest, kind: str = "") -> Completion:
+    async def complete(self, req: ChatRequest, kind: str = "", priority: int = 0) -> Completion:
+        """The answer to ``req``. ``kind`` names the sort of request (for latency tracking and counts);
+        ``priority``: how many more requests its chain will need after it. When requests wait for a slot, the
+        ones that start the longest chains go first, so that the last answers of a stage do not wait behind
+        work that could have been done meanwhile, and the teacher stays busy to the end."""
         key = req.key(self.backend_name, self.model_name)
         if self.cache is not None:
             hit = self.cache.get(key)
             if hit is not None:
                 self.usage.cache_hits += 1
+                self.stage_usage().cache_hits += 1
                 self.stats.cache_hits += 1
                 return hit
         if key in self._pending:  # the same request is already out: share its answer, pay once
@@ -198,7 +294,7 @@ class Engine:
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
         try:
-            c = await self._send(req, key, kind)
+            c = await self._send(req, key, kind, priority)
         except BaseException as e:
             if not fut.done():
                 fut.set_exception(e)
@@ -217,18 +313,21 @@ class Engine:
         if reason:
             raise BudgetExhausted(reason)
 
-    async def _send(self, req: ChatRequest, key: str, kind: str) -> Completion:
+    async def _send(self, req: ChatRequest, key: str, kind: str, priority: int = 0) -> Completion:
         self._check_budget()
         self._reserved += 1
         try:
-            c = await self._send_with_retries(req, kind)
+            c = await self._send_with_retries(req, kind, priority)
         finally:
             self._reserved -= 1
         if self.cache is not None:
             self.cache.put(key, c)
+            if self.cache.pending and self._flush_timer is None:  # commit a lone answer soon, not at the next put
+                self._flush_timer = asyncio.get_running_loop().call_later(self.cache.max_delay_s, self.flush)
         self._spent = Spent(self._spent.requests + 1, self._spent.prompt_tokens + c.prompt_tokens,
                             self._spent.completion_tokens + c.completion_tokens)
         self.usage.add(c)
+        self.stage_usage().add(c)
         self.stats.sent += 1
         if kind:
             self.stats.by_kind[kind] = self.stats.by_kind.get(kind, 0) + 1
@@ -236,34 +335,143 @@ class Engine:
             self.stats.refused += 1
         return c
 
-    async def _send_with_retries(self, req: ChatRequest, kind: str) -> Completion:
-        def count(state: RetryCallState) -> None:
-            exc = state.outcome.exception()
-            kind = getattr(exc, "kind", type(exc).__name__)
-            self.usage.retries += 1
-            self.usage.retries_by_kind[kind] = self.usage.retries_by_kind.get(kind, 0) + 1
-
-        retrying = AsyncRetrying(retry=retry_if_exception_type(Transient), wait=self._wait,
-                                 stop=stop_after_attempt(self.max_retries + 1), before_sleep=count, reraise=True)
+    async def _attempt(self, req: ChatRequest, kind: str, priority: int = 0) -> Completion:
+        """One try: a slot under the limit for the time the request is out, and what its latency says. With
+        hedging on, the hedge scanner may send a duplicate of a slow try (see ``_scan_for_hedges``); the first
+        answer wins and the other is cancelled."""
+        epoch = await self.limit.acquire(priority)
+        if not self.hedge:
+            return await self._send_once(req, kind, epoch)
+        tr = _Try(req, kind, time.monotonic(), asyncio.get_running_loop().create_future())
+        self._launch(tr, epoch)
+        self._tries.add(tr)
+        if self._scanner is None or self._scanner.done():
+            self._scanner = asyncio.ensure_future(self._scan_for_hedges())
         try:
+            return await tr.result
+        finally:
+            self._tries.discard(tr)
+            for t in tr.tasks:
+                t.cancel()
+
+    def _launch(self, tr: "_Try", epoch: int) -> None:
+        task = asyncio.ensure_future(self._send_once(tr.req, tr.kind, epoch))
+        tr.tasks.append(task)
+        task.add_done_callback(lambda t: self._try_done(tr, t))
+
+    def _try_done(self, tr: "_Try", task: asyncio.Task) -> None:
+        if task.cancelled() or tr.result.done():
+            if not task.cancelled():
+                task.exception()  # retrieved: a loser's failure is not news
+            return
+        if task.exception() is None:
+            if task is not tr.tasks[0]:
+                self.stats.hedge_wins += 1
+            tr.result.set_result(task.result())
+        elif all(t.done() for t in tr.tasks):  # every copy failed: the first one's error decides what is next
+            first = tr.tasks[0]
+            tr.result.set_exception(first.exception() if not first.cancelled() and first.exception() else
+                                    task.exception())
+
+    async def _scan_for_hedges(self) -> None:
+        """Four times a second, while hedged tries are out: a try unanswered after ``hedge`` x the median latency
+        of its kind gets one duplicate, in a slot nobody is waiting for. Oldest first; stops at the first try
+        that finds no idle slot."""
+        while self._tries:
+            await asyncio.sleep(0.25)
+            now, delays = time.monotonic(), {}
+            for tr in sorted(self._tries, key=lambda t: t.t0):
+                if len(tr.tasks) > 1 or tr.result.done():
+                    continue
+                if tr.kind not in delays:
+                    delays[tr.kind] = self._hedge_delay(tr.kind)
+                delay = delays[tr.kind]
+                if delay is None or now - tr.t0 < delay:
+                    continue
+                epoch = self.limit.try_acquire()
+                if epoch is None:
+                    break
+                self.stats.hedged += 1
+                self._launch(tr, epoch)
+
+    async def _send_once(self, req: ChatRequest, kind: str, epoch: int) -> Completion:
+        t0, congestion, latency = time.monotonic(), False, None
+        try:
+            c = await self.backend.send(req)
+            latency = time.monotonic() - t0
+            if self.hedge:
+                self._latencies.setdefault(kind, deque(maxlen=256)).append(latency)
+            return c
+        except Transient as e:
+            congestion = e.congestion
+            raise
+        finally:
+            await self.limit.release(latency, congestion, kind, epoch)
+
+    def _hedge_delay(self, kind: str) -> float | None:
+        """How long a request of this kind may take before it is hedged; None: no hedging (off, or too few
+        answers of the kind seen yet to know its median)."""
+        lats = self._latencies.get(kind) if self.hedge else None
+        if not lats or len(lats) < 20:
+            return None
+        return max(self.hedge * statistics.median(lats), 0.05)
+
+    def _count_retry(self, exc: BaseException) -> None:
+        kind = getattr(exc, "kind", type(exc).__name__)
+        for usage in (self.usage, self.stage_usage()):
+            usage.retries += 1
+            usage.retries_by_kind[kind] = usage.retries_by_kind.get(kind, 0) + 1
+
+    # -- per-stage accounting -----------------------------------------------------------------------------------
+    @staticmethod
+    def stage(name: str) -> None:
+        """Attribute the requests of the calling coroutine (and the tasks it starts from now on) to stage
+        ``name``."""
+        current_stage.set(name)
+
+    def stage_usage(self, name: str | None = None) -> Usage:
+        """The usage of one stage in this session (default: the stage of the calling coroutine)."""
+        name = current_stage.get() if name is None else name
+        if name not in self.usage_by_stage:
+            self.usage_by_stage[name] = Usage()
+        return self.usage_by_stage[name]
+
+    def _give_up(self, failures: Counter) -> bool:
+        """``max_retries`` bounds the retries of failures (5xx, timeouts, resets); a server saying it is busy (429,
+        503) is a queue, not a failure: those get ten times as many, so a storm slows a night down, never ends it."""
+        return failures[False] > self.max_retries or failures[True] > 10 * self.max_retries
+
+    async def _send_with_retries(self, req: ChatRequest, kind: str, priority: int = 0) -> Completion:
+        """The first try runs bare (most requests need one, and tenacity's machinery costs CPU on every call);
+        after a transient failure, tenacity retries with exponential backoff and jitter, honouring Retry-After."""
+        failures: Counter = Counter()
+        try:
+            try:
+                return await self._attempt(req, kind, priority)
+            except Transient as first:
+                failures[first.congestion] += 1
+                if self._give_up(failures):
+                    raise
+                self._count_retry(first)
+                state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+                state.set_exception((type(first), first, first.__traceback__))
+                await asyncio.sleep(self._wait(state))
+
+            def stop(st: RetryCallState) -> bool:
+                failures[st.outcome.exception().congestion] += 1
+                return self._give_up(failures)
+
+            retrying = AsyncRetrying(retry=retry_if_exception_type(Transient), wait=self._wait, stop=stop,
+                                     before_sleep=lambda st: self._count_retry(st.outcome.exception()), reraise=True)
             async for attempt in retrying:
                 with attempt:
-                    await self.limit.acquire()
-                    t0, congestion, latency = time.monotonic(), False, None
-                    try:
-                        c = await self.backend.send(req)
-                        latency = time.monotonic() - t0
-                    except Transient as e:
-                        congestion = e.congestion
-                        raise
-                    finally:
-                        await self.limit.release(latency, congestion, kind)
+                    c = await self._attempt(req, kind, priority)
+            return c
         except Transient as e:
-            raise TeacherError(f"teacher {self.model_name} failed after {self.max_retries} retries: "
+            raise TeacherError(f"teacher {self.model_name} failed after {sum(failures.values()) - 1} retries: "
                                f"{e.kind}: {e}") from None
         except Refused as e:
             return Completion(text=str(e)[:2000], finish_reason=REFUSED)
-        return c
 
     # -- the engine's own event loop, so that sync callers and one run's stages share one connection pool ---------
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -303,6 +511,7 @@ class Engine:
                 asyncio.run(self.backend.aclose())
             return
         try:
+            self._loop.call_soon_threadsafe(self.flush)
             if close_backend:
                 asyncio.run_coroutine_threadsafe(self.backend.aclose(), self._loop).result(timeout=30)
         finally:
@@ -317,6 +526,7 @@ class Engine:
                                 "peak": s.peak_limit, "peak_in_flight": s.peak_in_flight,
                                 "increases": s.increases, "decreases": s.decreases},
                 "sent": self.stats.sent, "cache_hits": self.stats.cache_hits, "refused": self.stats.refused,
+                "hedged": self.stats.hedged, "hedge_wins": self.stats.hedge_wins,
                 "requests_by_kind": dict(self.stats.by_kind)}
 
 

@@ -37,7 +37,10 @@ def _requests() -> list[ChatRequest]:
     return [ChatRequest([{"role": "user", "content": q}], SHORT) for q in QUESTIONS]
 
 
-def _rows(path) -> int:
+def _rows(path, cache: RequestCache | None = None) -> int:
+    """Rows another process would see (after the cache's group commit, when ``cache`` is given)."""
+    if cache is not None:
+        cache.flush()
     with sqlite3.connect(path) as db:
         return db.execute("SELECT COUNT(*) FROM completions").fetchone()[0]
 
@@ -50,7 +53,7 @@ def test_a_repeated_request_is_answered_from_the_cache(engines, tmp_path):
     again = engines(cache)
     assert [c.text for c in again.generate(_requests())] == texts
     assert again.usage.requests == 0 and again.usage.cache_hits == 3
-    assert _rows(tmp_path / "cache.sqlite") == 3
+    assert _rows(tmp_path / "cache.sqlite", cache) == 3
 
 
 def test_the_request_budget_is_exact_and_a_larger_one_resumes(engines, tmp_path):
@@ -59,12 +62,12 @@ def test_the_request_budget_is_exact_and_a_larger_one_resumes(engines, tmp_path)
     capped = engines(cache, Budget(max_requests=2))
     with pytest.raises(BudgetExhausted, match="request budget reached"):
         capped.generate(_requests(), on_result=lambda i, c: seen.append(i))
-    assert sorted(seen) == [0, 1] and _rows(tmp_path / "cache.sqlite") == 2  # paid answers are kept
+    assert sorted(seen) == [0, 1] and _rows(tmp_path / "cache.sqlite", cache) == 2  # paid answers are kept
     with pytest.raises(BudgetExhausted):  # nothing more is sent once the budget is spent
         engines(cache, Budget(max_requests=2)).generate(_requests()[2:])
     larger = engines(cache, Budget(max_requests=5))
     assert len(larger.generate(_requests())) == 3
-    assert larger.usage.cache_hits == 2 and larger.usage.requests == 1 and _rows(tmp_path / "cache.sqlite") == 3
+    assert larger.usage.cache_hits == 2 and larger.usage.requests == 1 and _rows(tmp_path / "cache.sqlite", cache) == 3
 
 
 def test_cost_is_unknown_without_a_price_and_counted_with_one(engines, tmp_path):
@@ -95,3 +98,25 @@ def test_the_instances_of_one_task_are_different_requests():
     assert len(keys) == 3
     # The first instance keeps the plain request's key, so caches of earlier runs still answer it.
     assert instance_request(messages, SHORT, 0).key("llamacpp", "m") == ChatRequest(messages, SHORT).key("llamacpp", "m")
+
+
+def test_answers_are_committed_in_groups_and_on_flush(tmp_path):
+    from pipeline.teachers import Completion
+
+    path = tmp_path / "cache.sqlite"
+    cache = RequestCache(path, max_pending=4, max_delay_s=3600)
+    for k in range(3):
+        cache.put(f"k{k}", Completion(f"answer {k}", "stop", 1, 1))
+    assert _rows(path) == 0 and cache.get("k2").text == "answer 2"  # stored, readable here, not yet committed
+    cache.put("k3", Completion("answer 3", "stop", 1, 1))  # the 4th: the group is committed
+    assert _rows(path) == 4 and cache.commits == 1
+    cache.put("k4", Completion("answer 4", "stop", 1, 1))
+    cache.flush()
+    assert _rows(path) == 5 and cache.commits == 2
+    cache.put("k5", Completion("answer 5", "stop", 1, 1))
+    cache.close()  # closing commits what is left
+    assert _rows(path) == 6
+    late = RequestCache(path, max_pending=100, max_delay_s=0.0)  # no delay allowed: every answer commits at once
+    late.put("k6", Completion("answer 6", "stop", 1, 1))
+    assert _rows(path) == 7
+    late.close()

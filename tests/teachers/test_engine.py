@@ -144,6 +144,22 @@ def test_a_teacher_down_for_good_is_one_teacher_error_after_bounded_retries(engi
     assert server.calls == 4
 
 
+def test_a_busy_server_gets_ten_times_the_retries_of_a_failing_one(engines):
+    busy = [Transient("http_429", "slow down", congestion=True)] * 12
+    server = Server(script={"question 0": list(busy[:9]), "question 1": list(busy)})
+    e = engines(server, max_retries=1)
+    assert e.generate([req(0)])[0].text  # nine 429s in a row: still within 10 x max_retries
+    with pytest.raises(TeacherError, match="failed after 10 retries: http_429"):
+        e.generate([req(1)])
+
+
+def test_fixed_concurrency_still_backs_off_on_429(engines):
+    server = Server(slots=1000, latency=0.01, refuse_above=16)
+    e = engines(server, concurrency=64, auto=False)
+    out = e.generate([req(i) for i in range(400)])
+    assert len(out) == 400 and e.limit.stats.decreases >= 1
+
+
 def test_identical_requests_in_flight_are_sent_once(engines):
     server = Server(latency=0.05)
     out = engines(server, concurrency=8).generate([req(7)] * 5)
