@@ -317,7 +317,8 @@ class Engine:
                                 "peak": s.peak_limit, "peak_in_flight": s.peak_in_flight,
                                 "increases": s.increases, "decreases": s.decreases},
                 "sent": self.stats.sent, "cache_hits": self.stats.cache_hits, "refused": self.stats.refused,
-                "requests_by_kind": dict(self.stats.by_kind)}
+                "requests_by_kind": dict(self.stats.by_kind),
+                **({"backend": self.backend.describe()} if hasattr(self.backend, "describe") else {})}
 
 
 async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:

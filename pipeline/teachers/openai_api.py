@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import os
 import time
+from typing import Any
 
 import openai
 
@@ -56,10 +57,10 @@ class OpenAIBackend:
         self._api_key, self._pool_size = api_key, pool_size
         self._client: openai.AsyncOpenAI | None = None
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text  # servers echo keys in error text
 
-    def _client_now(self) -> openai.AsyncOpenAI:
+    def client(self) -> openai.AsyncOpenAI:
         """One client (one connection pool) for the whole run, made inside the engine's event loop."""
         if self._client is None:
             import httpx
@@ -70,39 +71,60 @@ class OpenAIBackend:
                 http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.cfg.timeout_s))
         return self._client
 
+    def sorted_error(self, e: Exception) -> Exception:
+        """What the engine does with a failed API call: ``Transient``, ``Refused`` or ``TeacherError`` (the key
+        redacted from the message); anything else is returned as it is (a bug: it propagates)."""
+        if isinstance(e, openai.APITimeoutError):
+            return Transient("timeout", self.redact(str(e)))
+        if isinstance(e, openai.APIConnectionError):  # resets, refused connections, truncated bodies
+            return Transient("connection", self.redact(str(e)))
+        if isinstance(e, openai.APIStatusError):
+            return self.status_error(e.status_code, e.message, e.response.headers.get("retry-after"))
+        if isinstance(e, ValueError):  # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
+            return Transient("malformed_response", self.redact(str(e)))
+        return e
+
+    def status_error(self, code: int, message: str, retry_after: str | None = None) -> Exception:
+        """An HTTP status other than 200, sorted: 429, 408/409, 5xx transient; 401/403/404 fatal; the rest (400,
+        413, 422) refused."""
+        msg = self.redact(f"HTTP {code}: {message}")
+        if code in CONGESTION or code in (408, 409) or code >= 500:
+            return Transient(f"http_{code}", msg, retry_after_seconds(retry_after), congestion=code in CONGESTION)
+        if code in (401, 403, 404):
+            return TeacherError(f"teacher {self.cfg.model} at {self.cfg.base_url or 'api.openai.com'}: {msg}")
+        return Refused(msg)
+
     async def send(self, req: ChatRequest) -> Completion:
-        d = req.decoding
-        kwargs = dict(model=self.cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
-                      max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
-                      frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
-        if d.stop:
-            kwargs["stop"] = d.stop
         try:
-            resp = await self._client_now().chat.completions.create(**kwargs)
-        except openai.APITimeoutError as e:
-            raise Transient("timeout", self._redact(str(e))) from None
-        except openai.APIConnectionError as e:  # resets, refused connections, truncated bodies
-            raise Transient("connection", self._redact(str(e))) from None
-        except openai.APIStatusError as e:
-            code, msg = e.status_code, self._redact(f"HTTP {e.status_code}: {e.message}")
-            if code in CONGESTION or code in (408, 409) or code >= 500:
-                raise Transient(f"http_{code}", msg, retry_after_seconds(e.response.headers.get("retry-after")),
-                                congestion=code in CONGESTION) from None
-            if code in (401, 403, 404):
-                raise TeacherError(f"teacher {self.cfg.model} at {self.cfg.base_url or 'api.openai.com'}: {msg}") \
-                    from None
-            raise Refused(msg) from None
-        except ValueError as e:  # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
-            raise Transient("malformed_response", self._redact(str(e))) from None
-        choices = getattr(resp, "choices", None)
-        if not choices or getattr(choices[0], "message", None) is None:
-            raise Transient("malformed_response", "the response has no choices")
-        choice, usage = choices[0], getattr(resp, "usage", None)
-        return Completion(text=choice.message.content or "", finish_reason=choice.finish_reason or "stop",
-                          prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
-                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
+            resp = await self.client().chat.completions.create(**request_body(self.cfg, req))
+        except Exception as e:  # noqa: BLE001 - sorted; a bug comes back unchanged and propagates
+            raise self.sorted_error(e) from None
+        return completion_from_body(resp.model_dump())
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def request_body(cfg: TeacherConfig, req: ChatRequest) -> dict[str, Any]:
+    """The body of a chat completion request, online or as a line of a batch file."""
+    d = req.decoding
+    body: dict[str, Any] = dict(model=cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
+                                max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
+                                frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
+    if d.stop:
+        body["stop"] = d.stop
+    return body
+
+
+def completion_from_body(body: Any) -> Completion:
+    """A chat completion response body (a dict) as a ``Completion``; no choice or message is a malformed answer."""
+    choices = body.get("choices") if isinstance(body, dict) else None
+    if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
+        raise Transient("malformed_response", "the response has no choices")
+    choice, usage = choices[0], body.get("usage") or {}
+    return Completion(text=choice["message"].get("content") or "",
+                      finish_reason=choice.get("finish_reason") or "stop",
+                      prompt_tokens=usage.get("prompt_tokens") or 0,
+                      completion_tokens=usage.get("completion_tokens") or 0)
