@@ -99,7 +99,7 @@ class OpenAIBackend:
             resp = await self.client().chat.completions.create(**request_body(self.cfg, req))
         except Exception as e:  # noqa: BLE001 - sorted; a bug comes back unchanged and propagates
             raise self.sorted_error(e) from None
-        return completion_from_body(resp.model_dump())
+        return completion_from_body(resp)
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -118,13 +118,19 @@ def request_body(cfg: TeacherConfig, req: ChatRequest) -> dict[str, Any]:
     return body
 
 
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
 def completion_from_body(body: Any) -> Completion:
-    """A chat completion response body (a dict) as a ``Completion``; no choice or message is a malformed answer."""
-    choices = body.get("choices") if isinstance(body, dict) else None
-    if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
+    """A chat completion response (the client's object online, a dict in a batch's output file) as a
+    ``Completion``; no choice or message is a malformed answer."""
+    choices = _field(body, "choices")
+    message = _field(choices[0], "message") if choices else None
+    if message is None or isinstance(message, (str, int, float, list)):
         raise Transient("malformed_response", "the response has no choices")
-    choice, usage = choices[0], body.get("usage") or {}
-    return Completion(text=choice["message"].get("content") or "",
-                      finish_reason=choice.get("finish_reason") or "stop",
-                      prompt_tokens=usage.get("prompt_tokens") or 0,
-                      completion_tokens=usage.get("completion_tokens") or 0)
+    usage = _field(body, "usage")
+    return Completion(text=_field(message, "content") or "",
+                      finish_reason=_field(choices[0], "finish_reason") or "stop",
+                      prompt_tokens=(_field(usage, "prompt_tokens") if usage is not None else 0) or 0,
+                      completion_tokens=(_field(usage, "completion_tokens") if usage is not None else 0) or 0)
