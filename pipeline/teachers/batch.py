@@ -22,7 +22,8 @@ step of dependency, and each batch holds all that the stages can ask at that mom
     accepted tasks. A target that needs N generation windows, each followed by its tasks' instance chain
     (up to three requests deep), takes about N + 3 turnarounds; a larger ``request_batch_size`` means fewer,
     larger batches (each window of prompts shows the machine instructions of the windows before it).
-  - evolve: each phase of each round is one batch (rewrites; Equal judgements when ``judge_equal``; answers).
+  - evolve: each step of each round is one batch (the rewrites, then the Equal judgements when ``judge_equal``,
+    then the answers), holding that step for every lineage still evolving.
 So a run of N rounds of dependency takes about N batch turnarounds (minutes to 24 h each): use batch mode for
 big nightly runs where cost matters more than latency, online mode to iterate.
 
