@@ -10,6 +10,10 @@ Endpoints (127.0.0.1 only):
   GET  /stats                 JSON: requests, 429s, busy slot-seconds, active wall, occupancy, in flight (mean and
                               peak, time-weighted), requests/s, requests by kind, machine instructions in prompts
   POST /reset-stats           zero the statistics (the slots and the queue are kept)
+  POST /v1/files, GET /v1/files/{id}[/content], POST /v1/batches, GET /v1/batches[/{id}],
+  POST /v1/batches/{id}/cancel, POST /sim/batch-config
+                              the Batch API (``BatchDesk``): batches answered like the chat endpoint, after
+                              ``--batch-delay``, with optional refused and expired lines
 
 Server model: ``--slots`` requests run at once (vLLM's max_num_seqs); more wait in a FIFO queue, as in vLLM. A
 request holds its slot for its latency: ``--latency S`` seconds (``--latency-model fixed``), or heavy-tailed
@@ -43,6 +47,7 @@ import time
 import zlib
 from collections import Counter, deque
 from pathlib import Path
+from urllib.parse import parse_qs
 
 # ---------------------------------------------------------------------------------------------------------------
 # Vocabulary. No word of the pipeline's instruction blacklist (image, graph, picture, file, map, draw, plot, go to,
@@ -541,6 +546,7 @@ class Stats:
             "seed_instructions_known": len(server.seeds),
             # busy share of the slots in each second since the first request (where occupancy is lost)
             "timeline": [round(self.timeline.get(k, 0.0) / cap, 3) for k in range(int(wall) + 1)] if cap else [],
+            "batch": server.desk.snapshot(),
         }
 
 
@@ -564,6 +570,7 @@ class Server:
         self.seeds: set[str] = set()
         for path in args.seed_file or []:
             self.seeds |= load_seed_instructions(path)
+        self.desk = BatchDesk(self, args)
 
     def describe(self) -> dict:
         a = self.args
@@ -580,23 +587,14 @@ class Server:
         return a.latency
 
     # -- one chat request ----------------------------------------------------------------------------------------
-    def chat(self, conn: "Conn", body: bytes) -> None:
-        now = self.clock()
-        st = self.stats
-        if self.args.refuse_above and self.in_flight >= self.args.refuse_above:
-            st.refused += 1
-            conn.send(429, json.dumps({"error": {"message": "too many requests in flight", "type": "rate_limit",
-                                                 "code": 429}}).encode(),
-                      extra=f"Retry-After: {self.args.retry_after:g}\r\n")
-            return
+    def answer(self, req) -> tuple[int, dict, str, int, int]:
+        """(HTTP status, response body, kind, prompt tokens, completion tokens) for one chat completion request
+        body: what the chat endpoint answers and what a batch line gets."""
         try:
-            req = json.loads(body)
             messages = req["messages"]
             kind = detect_kind(messages)
         except Exception as e:  # noqa: BLE001
-            st.errors += 1
-            conn.send(400, json.dumps({"error": {"message": f"bad request: {e}", "type": "invalid_request"}}).encode())
-            return
+            return 400, {"error": {"message": f"bad request: {e}", "type": "invalid_request"}}, "", 0, 0
         system, user = _text(messages)
         seed = req.get("seed")
         if seed is None:
@@ -609,11 +607,11 @@ class Server:
         if isinstance(max_tokens, int) and max_tokens > 0 and tokens(text) > max_tokens:
             text = text[: max_tokens * 4]
             finish = "length"
-            st.length_cut[kind] += 1
+            self.stats.length_cut[kind] += 1
         ptok = sum(tokens(m.get("content") or "") if isinstance(m.get("content"), str) else 0
                    for m in messages if isinstance(m, dict))
         ctok = tokens(text)
-        payload = json.dumps({
+        body = {
             "id": f"chatcmpl-sim-{self.next_id}-{seed}",
             "object": "chat.completion",
             "created": int(time.time()),
@@ -621,9 +619,30 @@ class Server:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
                          "logprobs": None}],
             "usage": {"prompt_tokens": ptok, "completion_tokens": ctok, "total_tokens": ptok + ctok},
-        }).encode()
+        }
         if kind == "generate":
             self._count_generation(user)
+        return 200, body, kind, ptok, ctok
+
+    def chat(self, conn: "Conn", body: bytes) -> None:
+        now = self.clock()
+        st = self.stats
+        if self.args.refuse_above and self.in_flight >= self.args.refuse_above:
+            st.refused += 1
+            conn.send(429, json.dumps({"error": {"message": "too many requests in flight", "type": "rate_limit",
+                                                 "code": 429}}).encode(),
+                      extra=f"Retry-After: {self.args.retry_after:g}\r\n")
+            return
+        try:
+            req = json.loads(body)
+        except ValueError as e:
+            req = {"error": str(e)}
+        status, response, kind, ptok, ctok = self.answer(req if isinstance(req, dict) else {})
+        if status != 200:
+            st.errors += 1
+            conn.send(status, json.dumps(response).encode())
+            return
+        payload = json.dumps(response).encode()
         if st.first_arrival is None:
             st.first_arrival = now
         st.observe(self.in_flight, now)
@@ -709,10 +728,13 @@ class Server:
         # queued ones are skipped (and leave in-flight) when they reach the head of the queue
         self._next(now)
 
-    def route(self, conn: "Conn", method: str, path: str, body: bytes) -> None:
-        path = path.split("?", 1)[0].rstrip("/")
+    def route(self, conn: "Conn", method: str, target: str, body: bytes, headers: dict | None = None) -> None:
+        path, _, query = target.partition("?")
+        path = path.rstrip("/")
         if method == "POST" and path in ("/v1/chat/completions", "/chat/completions"):
             self.chat(conn, body)
+        elif path.startswith(("/v1/files", "/v1/batches", "/sim/batch")):
+            self.desk.route(conn, method, path, parse_qs(query), body, headers or {})
         elif method == "GET" and path in ("/v1/models", "/models"):
             conn.send(200, json.dumps({"object": "list", "data": [
                 {"id": self.args.model, "object": "model", "created": 0, "owned_by": "sim"}]}).encode())
@@ -734,7 +756,229 @@ class Server:
             conn.send(404, json.dumps({"error": {"message": f"no route {method} {path}"}}).encode())
 
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 411: "Length Required", 413: "Payload Too Large",
+# ---------------------------------------------------------------------------------------------------------------
+# The Files and Batches endpoints (the OpenAI Batch API)
+
+
+def _frac_hit(key: str, frac: float) -> bool:
+    """A seeded choice of about ``frac`` of the keys, the same on every run."""
+    return frac > 0 and zlib.crc32(key.encode()) % 10_000 < frac * 10_000
+
+
+def parse_multipart(body: bytes, content_type: str) -> dict[str, tuple[str | None, bytes]]:
+    """name -> (filename, content) of a multipart/form-data body."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        raise ValueError("no multipart boundary")
+    sep = b"--" + m.group(1).encode()
+    out: dict[str, tuple[str | None, bytes]] = {}
+    for part in body.split(sep)[1:]:
+        if part.startswith(b"--"):
+            break
+        head, _, content = part.lstrip(b"\r\n").partition(b"\r\n\r\n")
+        disposition = head.decode("latin-1")
+        name = re.search(r'name="([^"]*)"', disposition)
+        filename = re.search(r'filename="([^"]*)"', disposition)
+        if name:
+            out[name.group(1)] = (filename.group(1) if filename else None, content.removesuffix(b"\r\n"))
+    return out
+
+
+class BatchDesk:
+    """Files (``purpose="batch"``) and Batches, in memory. A batch answers every line as the chat endpoint would
+    (``Server.answer``) ``--batch-delay`` seconds after it is created, with no slots or queue. Faults, each chosen
+    per custom_id by a seeded hash: ``--batch-refuse-frac`` of the lines come back as HTTP 400 in the error file;
+    ``--batch-expire-frac`` of the lines expire the first time they are submitted (the batch ends "expired", the
+    line in the error file as ``batch_expired``). ``--batch-create-delay`` makes the batch at once but answers the
+    create call that much later (a client killed meanwhile never learns the id). ``POST /sim/batch-config`` changes
+    these (and ``refuse_create``: answer 403 to batch creation) while the server runs.
+
+    Counters (``/stats`` under "batch"): files uploaded, batches created, lines submitted, answered, refused,
+    expired, and ``duplicate_lines``: lines whose custom_id was already answered or is waiting in another batch
+    (a client that pays twice for one request)."""
+
+    FIELDS = ("delay", "create_delay", "refuse_create", "refuse_frac", "expire_frac")
+
+    def __init__(self, server: "Server", args):
+        self.server = server
+        self.files: dict[str, dict] = {}
+        self.content: dict[str, bytes] = {}
+        self.batches: dict[str, dict] = {}  # in creation order
+        self.delay, self.create_delay = args.batch_delay, args.batch_create_delay
+        self.refuse_create = False
+        self.refuse_frac, self.expire_frac = args.batch_refuse_frac, args.batch_expire_frac
+        self.expired_once: set[str] = set()
+        self.answered: set[str] = set()
+        self.waiting: Counter = Counter()  # custom_id -> unfinished batches holding it
+        self.counts: Counter = Counter()
+        self.by_kind: Counter = Counter()
+        self.next_id = 0
+
+    def snapshot(self) -> dict:
+        return {**{k: self.counts[k] for k in ("files_uploaded", "batches_created", "lines_submitted",
+                                                "lines_answered", "lines_refused", "lines_expired",
+                                                "duplicate_lines")},
+                "by_kind": dict(sorted(self.by_kind.items())),
+                "batches": [{"id": b["id"], "status": b["status"], "metadata": b["metadata"],
+                             "request_counts": b["request_counts"]} for b in self.batches.values()]}
+
+    def _id(self, prefix: str) -> str:
+        self.next_id += 1
+        return f"{prefix}-sim{self.next_id:05d}"
+
+    def route(self, conn: "Conn", method: str, path: str, query: dict, body: bytes, headers: dict) -> None:
+        parts = path.split("/")[2:]  # ["files", id, "content"] / ["batches", id] / ...
+        try:
+            if method == "POST" and path == "/sim/batch-config":
+                for k, v in json.loads(body or b"{}").items():
+                    if k not in self.FIELDS:
+                        raise ValueError(f"unknown setting {k}")
+                    setattr(self, k, v)
+                return conn.send(200, json.dumps({k: getattr(self, k) for k in self.FIELDS}).encode())
+            if parts[0] == "files":
+                if method == "POST" and len(parts) == 1:
+                    return self.upload(conn, body, headers.get("content-type", ""))
+                if method == "GET" and len(parts) >= 2 and parts[1] in self.files:
+                    if len(parts) == 3 and parts[2] == "content":
+                        return conn.send(200, self.content[parts[1]], content_type="application/octet-stream")
+                    return conn.send(200, json.dumps(self.files[parts[1]]).encode())
+            if parts[0] == "batches":
+                if method == "POST" and len(parts) == 1:
+                    return self.create(conn, json.loads(body))
+                if method == "GET" and len(parts) == 1:
+                    return self.list(conn, query)
+                if len(parts) >= 2 and parts[1] in self.batches:
+                    batch = self.batches[parts[1]]
+                    if method == "POST" and len(parts) == 3 and parts[2] == "cancel":
+                        if batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+                            self.finish(batch["id"], cancel=True)
+                        return conn.send(200, json.dumps(batch).encode())
+                    if method == "GET" and len(parts) == 2:
+                        return conn.send(200, json.dumps(batch).encode())
+        except (ValueError, KeyError, TypeError) as e:
+            return conn.send(400, json.dumps({"error": {"message": f"bad request: {e}",
+                                                        "type": "invalid_request_error"}}).encode())
+        conn.send(404, json.dumps({"error": {"message": f"no such object: {method} {path}"}}).encode())
+
+    def upload(self, conn: "Conn", body: bytes, content_type: str) -> None:
+        form = parse_multipart(body, content_type)
+        filename, data = form["file"]
+        purpose = form.get("purpose", (None, b""))[1].decode()
+        fid = self._id("file")
+        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
+                           "filename": filename or "upload.jsonl", "purpose": purpose, "status": "processed"}
+        self.content[fid] = data
+        self.counts["files_uploaded"] += 1
+        conn.send(200, json.dumps(self.files[fid]).encode())
+
+    def create(self, conn: "Conn", req: dict) -> None:
+        if self.refuse_create:
+            return conn.send(403, json.dumps({"error": {"message": "simulated: batch creation is not allowed",
+                                                        "type": "permission_error"}}).encode())
+        fid = req["input_file_id"]
+        if fid not in self.content:
+            raise ValueError(f"no file {fid}")
+        if req.get("endpoint") != "/v1/chat/completions" or req.get("completion_window") != "24h":
+            raise ValueError("endpoint must be /v1/chat/completions and completion_window 24h")
+        lines = [json.loads(line) for line in self.content[fid].decode().splitlines() if line.strip()]
+        cids = [line["custom_id"] for line in lines]
+        if len(set(cids)) != len(cids):
+            raise ValueError("duplicate custom_id in one batch")
+        bid = self._id("batch")
+        now = int(time.time())
+        batch = {"id": bid, "object": "batch", "endpoint": req["endpoint"], "errors": None, "input_file_id": fid,
+                 "completion_window": "24h", "status": "in_progress", "output_file_id": None,
+                 "error_file_id": None, "created_at": now, "in_progress_at": now, "expires_at": now + 86400,
+                 "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+                 "cancelling_at": None, "cancelled_at": None,
+                 "request_counts": {"total": len(lines), "completed": 0, "failed": 0},
+                 "metadata": req.get("metadata") or {}}
+        self.batches[bid] = batch
+        self.counts["batches_created"] += 1
+        self.counts["lines_submitted"] += len(lines)
+        for cid in cids:
+            if cid in self.answered or self.waiting[cid]:
+                self.counts["duplicate_lines"] += 1
+            self.waiting[cid] += 1
+        loop = self.server.loop
+        loop.call_later(max(self.delay, 0.0), self.finish, bid)
+        payload = json.dumps(batch).encode()
+        if self.create_delay > 0:
+            loop.call_later(self.create_delay, conn.send, 200, payload)
+        else:
+            conn.send(200, payload)
+
+    def list(self, conn: "Conn", query: dict) -> None:
+        limit = int(query.get("limit", ["20"])[0])
+        after = query.get("after", [None])[0]
+        newest_first = list(reversed(self.batches.values()))
+        if after:
+            ids = [b["id"] for b in newest_first]
+            newest_first = newest_first[ids.index(after) + 1:] if after in ids else []
+        page = newest_first[:limit]
+        conn.send(200, json.dumps({"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                                   "last_id": page[-1]["id"] if page else None,
+                                   "has_more": len(newest_first) > limit}).encode())
+
+    def finish(self, bid: str, cancel: bool = False) -> None:
+        batch = self.batches[bid]
+        if batch["status"] != "in_progress":
+            return
+        out, err = [], []
+        expired = False
+        for line in self.content[batch["input_file_id"]].decode().splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            cid = row["custom_id"]
+            self.waiting[cid] -= 1
+            rid = self._id("batch_req")
+            if cancel:
+                err.append({"id": rid, "custom_id": cid, "response": None,
+                            "error": {"code": "batch_cancelled", "message": "The batch was cancelled."}})
+                continue
+            if _frac_hit("expire:" + cid, self.expire_frac) and cid not in self.expired_once:
+                self.expired_once.add(cid)
+                expired = True
+                self.counts["lines_expired"] += 1
+                err.append({"id": rid, "custom_id": cid, "response": None,
+                            "error": {"code": "batch_expired", "message": "This request could not be executed "
+                                      "before the completion window expired."}})
+                continue
+            self.answered.add(cid)
+            if _frac_hit("refuse:" + cid, self.refuse_frac):
+                status, body = 400, {"error": {"message": "simulated: this request was refused",
+                                               "type": "invalid_request_error", "code": None}}
+            else:
+                status, body, kind, _, _ = self.server.answer(row.get("body") or {})
+                if status == 200:
+                    self.by_kind[kind] += 1
+            line_out = {"id": rid, "custom_id": cid,
+                        "response": {"status_code": status, "request_id": rid, "body": body}, "error": None}
+            if status == 200:
+                self.counts["lines_answered"] += 1
+                out.append(line_out)
+            else:
+                self.counts["lines_refused"] += 1
+                err.append(line_out)
+        now = int(time.time())
+        for name, rows in (("output_file_id", out), ("error_file_id", err)):
+            if rows:
+                fid = self._id("file")
+                data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+                self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": now,
+                                   "filename": f"{bid}_{name[:-8]}.jsonl", "purpose": "batch_output",
+                                   "status": "processed"}
+                self.content[fid] = data
+                batch[name] = fid
+        batch["request_counts"] = {"total": len(out) + len(err), "completed": len(out), "failed": len(err)}
+        status = "cancelled" if cancel else "expired" if expired else "completed"
+        batch["status"] = status
+        batch[f"{status}_at"] = now
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 411: "Length Required",
+            413: "Payload Too Large",
             429: "Too Many Requests"}
 MAX_BODY = 16 * 1024 * 1024
 
@@ -804,18 +1048,18 @@ class Conn(asyncio.Protocol):
             conn_hdr = headers.get("connection", "").lower()
             self.close_after = conn_hdr == "close" or (version == "HTTP/1.0" and conn_hdr != "keep-alive")
             self.waiting = True
-            self.server.route(self, method.upper(), target, body)
+            self.server.route(self, method.upper(), target, body, headers)
 
     def _error(self, code: int) -> None:
         self.close_after = True
         self.send(code, json.dumps({"error": {"message": _REASONS.get(code, "error")}}).encode())
 
-    def send(self, code: int, body: bytes, extra: str = "") -> None:
+    def send(self, code: int, body: bytes, extra: str = "", content_type: str = "application/json") -> None:
         t = self.transport
         self.waiting = False
         if t is None or t.is_closing():
             return
-        head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: application/json\r\n"
+        head = (f"HTTP/1.1 {code} {_REASONS.get(code, 'Error')}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\n{extra}"
                 f"Connection: {'close' if self.close_after else 'keep-alive'}\r\n\r\n").encode()
         t.write(head + body)
@@ -880,6 +1124,11 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seed-file", action="append", help="seed tasks (JSONL); prompts showing other instructions "
                    "count as machine-generated in-context instructions (repeatable)")
+    p.add_argument("--batch-delay", type=float, default=1.0, help="seconds from creating a batch to its end")
+    p.add_argument("--batch-create-delay", type=float, default=0.0,
+                   help="answer a batch creation this much later (the batch exists at once)")
+    p.add_argument("--batch-refuse-frac", type=float, default=0.0, help="batch lines answered HTTP 400")
+    p.add_argument("--batch-expire-frac", type=float, default=0.0, help="batch lines expired on first submission")
     p.add_argument("--model", default="sim-teacher")
     p.add_argument("--max-seconds", type=float, default=6 * 3600, help="exit after this long (a safety bound)")
     a = p.parse_args(argv)

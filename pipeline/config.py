@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputError
 
@@ -73,6 +73,22 @@ class TeacherConfig(_Section):
     seed: int = 0
     # vLLM in-process settings, passed to vllm.LLM(...).
     vllm_engine_args: dict[str, Any] = {}
+    # How an "openai" teacher is asked: "online" (one HTTP request each) or "batch" (the OpenAI Batch API: requests
+    # are collected into batch files, about half the price, answers within the 24 h completion window; see
+    # pipeline/teachers/batch.py and the README's "Batch API").
+    mode: Literal["online", "batch"] = "online"
+    batch_poll_s: float = Field(30.0, gt=0)  # seconds between two looks at a batch that is not finished
+    # A batch is sealed and submitted once no new request has come for this long (every stage is waiting on an
+    # answer: one round), or when it holds batch_max_requests (the API takes at most 50,000 per batch).
+    batch_flush_idle_s: float = Field(0.5, gt=0)
+    batch_max_requests: int = Field(50_000, ge=1, le=50_000)
+
+    @model_validator(mode="after")
+    def _batch_needs_openai(self) -> "TeacherConfig":
+        if self.mode == "batch" and self.backend != "openai":
+            raise ValueError(f'mode = "batch" is the OpenAI Batch API and needs backend = "openai" '
+                             f'(got backend = "{self.backend}")')
+        return self
 
 
 class BootstrapConfig(_Section):
@@ -155,9 +171,24 @@ class BudgetConfig(_Section):
     max_cost_usd: float | None = Field(None, ge=0)
 
 
+BATCH_DISCOUNT = 0.5  # OpenAI's Batch API costs half the online price
+
+
 class Price(_Section):
     input_per_mtok: float = Field(ge=0)  # USD per million prompt tokens
     output_per_mtok: float = Field(ge=0)  # USD per million completion tokens
+    # The Batch API's prices (teacher.mode = "batch"); not given: the online ones times BATCH_DISCOUNT.
+    batch_input_per_mtok: float | None = Field(None, ge=0)
+    batch_output_per_mtok: float | None = Field(None, ge=0)
+
+    def rates(self, mode: str) -> tuple[float, float]:
+        """USD per million (prompt, completion) tokens for requests sent in ``mode`` ("online" or "batch")."""
+        if mode != "batch":
+            return self.input_per_mtok, self.output_per_mtok
+        return (self.input_per_mtok * BATCH_DISCOUNT if self.batch_input_per_mtok is None
+                else self.batch_input_per_mtok,
+                self.output_per_mtok * BATCH_DISCOUNT if self.batch_output_per_mtok is None
+                else self.batch_output_per_mtok)
 
 
 class TuneConfig(_Section):
@@ -268,13 +299,18 @@ class RunConfig(_Section):
 
     def fingerprint(self) -> str:
         """Hash of the settings that decide what a run produces. Run ids, paths, budgets, prices and connection
-        settings (concurrency, timeouts, retries) may change between a run and its resume; nothing else may."""
+        settings (concurrency, timeouts, retries, batch polling and sizes) may change between a run and its resume;
+        nothing else may."""
         data = self.model_dump(mode="json")
         for key in ("run_id", "output_dir", "budget", "prices"):
             data.pop(key, None)
         for key in ("concurrency", "max_concurrency", "timeout_s", "max_retries", "base_url", "api_key_env",
-                    "n_threads"):
+                    "n_threads", "batch_poll_s", "batch_flush_idle_s", "batch_max_requests"):
             data["teacher"].pop(key, None)
+        # The mode stays in (a batch run resumed online would send again what its batches still hold), but only
+        # when it is "batch", so the runs started before the mode existed keep their fingerprint.
+        if data["teacher"].get("mode") == "online":
+            data["teacher"].pop("mode")
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
     def resolve_path(self, p: str) -> Path:

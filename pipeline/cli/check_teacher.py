@@ -21,7 +21,8 @@ def check_teacher_command(config: Optional[Path] = ConfigOpt, sets: Optional[lis
         cfg = load(config, sets, **{"teacher.backend": teacher, "teacher.model": model,
                                     "teacher.base_url": base_url})
         t0 = time.time()
-        tch = make_teacher(cfg.teacher)
+        # One request answers now or not at all: a batch-mode teacher is checked online (same key, model, URL).
+        tch = make_teacher(cfg.teacher.model_copy(update={"mode": "online"}))
         loaded = time.time() - t0
         t0 = time.time()
         [c] = tch.generate([ChatRequest([{"role": "user", "content": "Name three primary colours."}],

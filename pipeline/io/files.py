@@ -72,11 +72,15 @@ class JsonlWriter:
         self.close()
 
 
-def append_jsonl(path: Path, rows: Iterable[Any]) -> None:
-    """Append rows to a log that grows while it is read (``tail -f``); no replay, no fsync."""
+def append_jsonl(path: Path, rows: Iterable[Any], durable: bool = False) -> None:
+    """Append rows to a log that grows while it is read (``tail -f``); no replay. ``durable``: fsync before
+    returning (a journal whose every line must survive a kill once it is written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as fh:
         fh.write("".join(map(_line, rows)))
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 # --- replacing whole files --------------------------------------------------------------------------------------
@@ -103,6 +107,22 @@ def write_text_atomic(path: Path, text: str) -> None:
     or the new one, never half of one."""
     with _replacing(path) as fh:
         fh.write(text)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """``write_text_atomic`` for bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -232,8 +232,8 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
     wanted = stages or list(cfg.stages)
     stages = [s for s in STAGE_ORDER if s in wanted]
     seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
-    with run_session(cfg, run_dir, config_path, force=force,
-                     need_teacher=bool(TEACHER_STAGES & set(stages))) as (run, teacher):
+    with run_session(cfg, run_dir, config_path, force=force, need_teacher=bool(TEACHER_STAGES & set(stages)),
+                     progress=progress) as (run, teacher):
         run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
                                  "paths": [str(cfg.resolve_path(p).resolve()) for p in cfg.seed_files]}
         together = [s for s in ("bootstrap", "evolve") if s in stages and not run.is_done(s)]
@@ -282,7 +282,7 @@ def evolve_file(cfg: RunConfig, run_dir: Path, in_file: Path, records: list[Reco
             raise InputError(str(in_file), f"differs from the input this run started with ({old.get('file')}); "
                              "resume with the same file, or pass --force", field="input")
 
-    with run_session(cfg, run_dir, config_path, force=force, check=same_input) as (run, teacher):
+    with run_session(cfg, run_dir, config_path, force=force, check=same_input, progress=progress) as (run, teacher):
         run.manifest["input"] = {"file": str(in_file), "sha256": digest, "records": len(records),
                                  "tasks": len({r.task_id or r.id for r in records})}
         if not run.is_done(evolve.STAGE):

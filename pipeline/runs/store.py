@@ -3,7 +3,9 @@
 Layout of ``<run>/``: ``manifest.json``; ``<stage>/kept.jsonl`` and ``<stage>/rejected.jsonl`` (the record stages:
 bootstrap, evolve, filter); ``dataset/train.jsonl`` (Alpaca), ``dataset/messages.jsonl`` (chat) and
 ``dataset/README.md`` (the card); ``tune/`` and ``eval/``; ``report.html``; ``cache.sqlite`` (every paid
-completion); ``<stage>/.done`` once a stage has finished; ``.lock`` while a process works on it. The folder
+completion); ``batches/`` (``teacher.mode = "batch"``: the Batch API's ledger, the batch input files and the
+downloaded results, kept by ``teachers.batch``); ``<stage>/.done`` once a stage has finished; ``.lock`` while a
+process works on it. The folder
 ``pipeline filter --out DIR`` writes is a flat one: ``kept.jsonl``, ``rejected.jsonl``, ``stats.json``.
 
 ``run_session`` opens (or resumes) a run under its lock with the request cache and the budget in front of the
@@ -26,10 +28,11 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import PROJECT_ROOT, RunConfig, package_versions
 from ..errors import InputError, RunLocked
 from ..io.files import JsonlWriter, write_json_atomic, write_jsonl_atomic
+from ..progress import Progress, no_progress
 from ..teachers import Engine, make_backend, make_engine
 from ..teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spent
 
-MANIFEST, DONE, LOCK, CACHE = "manifest.json", ".done", ".lock", "cache.sqlite"
+MANIFEST, DONE, LOCK, CACHE, BATCHES = "manifest.json", ".done", ".lock", "cache.sqlite", "batches"
 RECORD_STAGES = ("bootstrap", "evolve", "filter")  # the stages that write kept.jsonl / rejected.jsonl
 GENERATING_STAGES = ("bootstrap", "evolve")
 DATASET_DIR = "dataset"
@@ -236,26 +239,29 @@ class Run:
 
 
 def _budget(cfg: RunConfig, model_name: str) -> Budget:
+    """The run's budget, at the prices of the way the teacher is asked (``Price.rates``: the Batch API's in batch
+    mode). A run that changed mode on a forced resume is costed at the current mode's prices."""
     price = cfg.prices.get(model_name) or cfg.prices.get(cfg.teacher.model)
     return Budget(max_requests=cfg.budget.max_requests, max_tokens=cfg.budget.max_tokens,
                   max_cost_usd=cfg.budget.max_cost_usd,
-                  price=(price.input_per_mtok, price.output_per_mtok) if price else None)
+                  price=price.rates(cfg.teacher.mode) if price else None)
 
 
 @contextmanager
 def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *, force: bool = False,
-                need_teacher: bool = True, check: Callable[[dict], None] | None = None
-                ) -> Iterator[tuple[Run, Engine | None]]:
+                need_teacher: bool = True, check: Callable[[dict], None] | None = None,
+                progress: Progress = no_progress) -> Iterator[tuple[Run, Engine | None]]:
     """One session of work on a run directory: open (or resume) the run under its lock, put the request cache and
     the budget in front of the teacher, and on the way out, however the body ends, record the session's usage,
     what was spent and the status in the manifest, then release the teacher and the lock.
 
     ``check(manifest)`` runs on the manifest of a run being resumed, before anything is written; if it raises, the
-    run directory is left as it was.
+    run directory is left as it was. ``progress`` hears the teacher's own waits (Batch API batches).
     A body that raises BudgetExhausted ends "budget_exhausted", KeyboardInterrupt "interrupted", anything else
     "failed" (with ``stopped_because``); the exception propagates to the CLI, which maps it to an exit code.
     """
-    backend = make_backend(cfg.teacher) if need_teacher else None
+    # The backend touches its state directory only once it sends, which is after the run is open and locked.
+    backend = make_backend(cfg.teacher, run_dir / BATCHES, progress) if need_teacher else None
     try:
         run = Run.open(cfg, run_dir, config_path, force=force, check=check)
     except BaseException:

@@ -2,18 +2,32 @@
 that owns concurrency, retries, the cache and the budget for all of them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import TeacherConfig
+from ..errors import InputError
+from ..progress import Progress, no_progress
 from .base import Backend, ChatRequest, Completion, Usage
 from .cache import Budget, RequestCache
 from .engine import Engine
 
+BATCH_MODE_CEILING = 1 << 30
 Teacher = Engine  # what stages are given: ``generate`` (sync) and ``complete`` (async) over every backend
 
 __all__ = ["Backend", "ChatRequest", "Completion", "Engine", "Teacher", "Usage", "make_backend", "make_engine",
            "make_teacher"]
 
 
-def make_backend(cfg: TeacherConfig) -> Backend:
+def make_backend(cfg: TeacherConfig, state_dir: Path | None = None, progress: Progress = no_progress) -> Backend:
+    """The backend ``cfg`` names. ``state_dir``: where a backend that keeps state across sessions keeps it (the
+    Batch API's ledger and files, ``teacher.mode = "batch"``, which needs one); ``progress`` hears its waits."""
+    if cfg.mode == "batch":
+        if state_dir is None:
+            raise InputError("config", 'teacher.mode = "batch" runs inside a run directory (pipeline run, '
+                             'bootstrap or evolve); use mode = "online" here', field="teacher.mode")
+        from .batch import BatchBackend
+
+        return BatchBackend(cfg, state_dir, progress)
     if cfg.backend == "llamacpp":
         from .llamacpp import LlamaCppBackend
 
@@ -36,9 +50,11 @@ def _ceiling(cfg: TeacherConfig) -> int:
 def make_engine(cfg: TeacherConfig, cache: RequestCache | None = None, budget: Budget | None = None,
                 backend: Backend | None = None) -> Engine:
     # Only a server can be probed for its width; vLLM in-process takes the whole window as one batch.
-    auto = cfg.concurrency == "auto" and cfg.backend == "openai"
-    return Engine(backend or make_backend(cfg), cache, budget, concurrency=_ceiling(cfg), auto=auto,
-                  max_retries=cfg.max_retries, hedge=cfg.hedge)
+    auto = cfg.concurrency == "auto" and cfg.backend == "openai" and cfg.mode == "online"
+    # Batch mode: no window at all; everything the stages can ask at once goes into one batch.
+    ceiling = BATCH_MODE_CEILING if cfg.mode == "batch" else _ceiling(cfg)
+    return Engine(backend or make_backend(cfg), cache, budget, concurrency=ceiling, auto=auto,
+                  max_retries=cfg.max_retries, hedge=cfg.hedge if cfg.mode == "online" else 0.0)
 
 
 def make_teacher(cfg: TeacherConfig) -> Engine:

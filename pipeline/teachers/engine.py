@@ -67,9 +67,9 @@ class AdaptiveLimit:
     can. Per kind of request (a 4-token Yes/No is not a 384-token list) it keeps the quickest latencies seen
     (the 10th percentile of a window, the lowest over the run), and at the end of each window (about one round
     trip: ``limit`` completions) it takes the median of latency / quickest. Near 1: the server has room, and if
-    the window was full the limit grows (x4 per round trip at first, from 16: a GPU server is reached in three
-    or four round trips instead of six or seven, which at 2 s a request is most of a short run's idle time; then
-    by an eighth). Above ``high`` (2): requests wait
+    the window was full and its upper quarter is flat too, the limit grows (x4 per round trip at first, from 16:
+    a GPU server is reached in three or four round trips instead of six or seven, which at 2 s a request is most
+    of a short run's idle time; then by an eighth). Above ``high`` (2): requests wait
     in the server's queue, and the limit shrinks in proportion. In between it holds: the server is full and a
     short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a quarter (once per window)
     and caps it just under the level that was refused, a cap raised by one per window to probe again. Windows
@@ -145,9 +145,10 @@ class AdaptiveLimit:
                 # Only requests sent under the present limit say how it does: one sent before a cut waited
                 # behind the overshoot, and counting it would cut again for a queue that is already gone.
                 self._window.append((kind, latency))
-                # A window is about one round trip (``limit`` answers); while starting up, 16 answers of the
-                # present limit already tell whether latency is flat, so the limit grows every round trip.
-                if len(self._window) >= (min(self.limit, 16) if self._startup and self.auto
+                # A window is about one round trip (``limit`` answers). While starting up, the limit has just
+                # grown x4, so 3/4 of it were sent at once under it: their answers are the round trip, and the
+                # limit grows every round trip instead of every other.
+                if len(self._window) >= (max(16, self.limit * 3 // 4) if self._startup and self.auto
                                          else max(self.limit, 8)):
                     self._end_window()
         self._wake()
@@ -199,10 +200,13 @@ class AdaptiveLimit:
             return
         self._soft_cap = min(float(self.ceiling), self._soft_cap + 1)
         inflation = ratios[len(ratios) // 2]
+        # Growth asks more than a flat median: the first answers of a window are the ones the server did not
+        # queue, so a queue shows in the upper quarter first.
+        upper = ratios[len(ratios) * 3 // 4]
         if inflation > self.high:
             self._startup = False
             self._set(self.limit * max(0.5, self.high * 0.75 / inflation))
-        elif inflation < self.low and full:
+        elif upper < self.low and full:
             self._set(self.limit * 4 if self._startup else self.limit + max(1, self.limit // 8))
         elif inflation >= self.low:
             self._startup = False
@@ -527,7 +531,8 @@ class Engine:
                                 "increases": s.increases, "decreases": s.decreases},
                 "sent": self.stats.sent, "cache_hits": self.stats.cache_hits, "refused": self.stats.refused,
                 "hedged": self.stats.hedged, "hedge_wins": self.stats.hedge_wins,
-                "requests_by_kind": dict(self.stats.by_kind)}
+                "requests_by_kind": dict(self.stats.by_kind),
+                **({"backend": self.backend.describe()} if hasattr(self.backend, "describe") else {})}
 
 
 async def gather_or_cancel(aws: Iterable[Awaitable[T]]) -> list[T]:

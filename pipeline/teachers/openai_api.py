@@ -10,7 +10,7 @@ Chat requests go over aiohttp (one ``ClientSession`` per run) rather than the ``
 request is the documented ``/chat/completions`` JSON either way, but the SDK's parameter transform and its httpx
 connection pool (which scans every connection for every request) cost about 3.7 ms of client CPU per request
 against 0.23 ms for aiohttp, measured on this project's simulated server at 256 requests in flight
-(``bench/teacher_bench.py --scenarios ceiling``); one process must feed a node of GPUs. The SDK stays in use where
+(``bench/http_client_bench.py``); one process must feed a node of GPUs. The SDK stays in use where
 volume is low (the Batch API's files and batches).
 """
 from __future__ import annotations
@@ -20,8 +20,10 @@ import email.utils
 import json
 import os
 import time
+from typing import Any
 
 import aiohttp
+import openai
 
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
@@ -79,8 +81,9 @@ class OpenAIBackend:
         self._url = (cfg.base_url or OPENAI_BASE_URL).rstrip("/") + "/chat/completions"
         self._where = cfg.base_url or "api.openai.com"
         self._session: aiohttp.ClientSession | None = None
+        self._client: openai.AsyncOpenAI | None = None
 
-    def _redact(self, text: str) -> str:
+    def redact(self, text: str) -> str:
         return text.replace(self._secret, "***") if self._secret else text  # servers echo keys in error text
 
     def _session_now(self) -> aiohttp.ClientSession:
@@ -92,49 +95,89 @@ class OpenAIBackend:
                 headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"})
         return self._session
 
-    def body(self, req: ChatRequest) -> dict:
-        """The JSON body of one chat completion request."""
-        d = req.decoding
-        body = dict(model=self.cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
-                    max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
-                    frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
-        if d.stop:
-            body["stop"] = d.stop
-        return body
+    def client(self) -> openai.AsyncOpenAI:
+        """The ``openai`` SDK client, for the low-volume endpoints (the Batch API's files and batches)."""
+        if self._client is None:
+            self._client = openai.AsyncOpenAI(base_url=self.cfg.base_url or None, api_key=self._api_key,
+                                              max_retries=0, timeout=self.cfg.timeout_s)
+        return self._client
+
+    def sorted_error(self, e: Exception) -> Exception:
+        """What the engine does with a failed SDK call: ``Transient``, ``Refused`` or ``TeacherError`` (the key
+        redacted from the message); anything else is returned as it is (a bug: it propagates)."""
+        if isinstance(e, openai.APITimeoutError):
+            return Transient("timeout", self.redact(str(e)))
+        if isinstance(e, openai.APIConnectionError):  # resets, refused connections, truncated bodies
+            return Transient("connection", self.redact(str(e)))
+        if isinstance(e, openai.APIStatusError):
+            return self.status_error(e.status_code, e.message, e.response.headers.get("retry-after"))
+        if isinstance(e, ValueError):  # a 200 whose body is not JSON (json.JSONDecodeError is a ValueError)
+            return Transient("malformed_response", self.redact(str(e)))
+        return e
+
+    def status_error(self, code: int, message: str, retry_after: str | None = None) -> Exception:
+        """An HTTP status other than 200, sorted: 429, 408/409, 5xx transient; 401/403/404 fatal; the rest (400,
+        413, 422) refused."""
+        msg = self.redact(f"HTTP {code}: {message}")
+        if code in CONGESTION or code in (408, 409) or code >= 500:
+            return Transient(f"http_{code}", msg, retry_after_seconds(retry_after), congestion=code in CONGESTION)
+        if code in (401, 403, 404):
+            return TeacherError(f"teacher {self.cfg.model} at {self._where}: {msg}")
+        return Refused(msg)
 
     async def send(self, req: ChatRequest) -> Completion:
         try:
-            async with self._session_now().post(self._url, data=json.dumps(self.body(req))) as resp:
+            async with self._session_now().post(self._url, data=json.dumps(request_body(self.cfg, req))) as resp:
                 status, raw = resp.status, await resp.read()
                 retry_after = resp.headers.get("retry-after")
         except asyncio.TimeoutError:
             raise Transient("timeout", f"no answer within {self.cfg.timeout_s:g} s") from None
         except aiohttp.ClientPayloadError as e:  # a body cut short
-            raise Transient("connection", self._redact(f"truncated response: {e}")) from None
+            raise Transient("connection", self.redact(f"truncated response: {e}")) from None
         except aiohttp.ClientError as e:  # resets, refused connections, disconnects
-            raise Transient("connection", self._redact(f"{type(e).__name__}: {e}")) from None
+            raise Transient("connection", self.redact(f"{type(e).__name__}: {e}")) from None
         if status != 200:
-            msg = self._redact(f"HTTP {status}: {_error_message(raw)}")
-            if status in CONGESTION or status in (408, 409) or status >= 500:
-                raise Transient(f"http_{status}", msg, retry_after_seconds(retry_after),
-                                congestion=status in CONGESTION)
-            if status in (401, 403, 404):
-                raise TeacherError(f"teacher {self.cfg.model} at {self._where}: {msg}")
-            raise Refused(msg)
+            raise self.status_error(status, _error_message(raw), retry_after)
         try:
             data = json.loads(raw)
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            # a 200 whose body is not the JSON of a completion (cut short, garbled)
+        except ValueError:  # a 200 whose body is not JSON (cut short, garbled)
             raise Transient("malformed_response",
-                            self._redact(f"unreadable completion body: {raw[:200]!r}")) from None
-        usage = data.get("usage") or {}
-        return Completion(text=text, finish_reason=choice.get("finish_reason") or "stop",
-                          prompt_tokens=usage.get("prompt_tokens") or 0,
-                          completion_tokens=usage.get("completion_tokens") or 0)
+                            self.redact(f"unreadable completion body: {raw[:200]!r}")) from None
+        return completion_from_body(data)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def request_body(cfg: TeacherConfig, req: ChatRequest) -> dict[str, Any]:
+    """The body of a chat completion request, online or as a line of a batch file."""
+    d = req.decoding
+    body: dict[str, Any] = dict(model=cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
+                                max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
+                                frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
+    if d.stop:
+        body["stop"] = d.stop
+    return body
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+
+
+def completion_from_body(body: Any) -> Completion:
+    """A chat completion response (the JSON online, a dict in a batch's output file) as a ``Completion``; no
+    choice or message is a malformed answer."""
+    choices = _field(body, "choices")
+    message = _field(choices[0], "message") if isinstance(choices, list) and choices else None
+    if message is None or isinstance(message, (str, int, float, list)):
+        raise Transient("malformed_response", "the response has no choices")
+    usage = _field(body, "usage")
+    return Completion(text=_field(message, "content") or "",
+                      finish_reason=_field(choices[0], "finish_reason") or "stop",
+                      prompt_tokens=(_field(usage, "prompt_tokens") if usage is not None else 0) or 0,
+                      completion_tokens=(_field(usage, "completion_tokens") if usage is not None else 0) or 0)
