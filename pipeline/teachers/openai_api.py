@@ -9,6 +9,7 @@ config names, and never stored anywhere else.
 from __future__ import annotations
 
 import email.utils
+import logging
 import os
 import time
 
@@ -17,8 +18,10 @@ import openai
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
 from .base import ChatRequest, Completion, Refused, Transient
+from .options import openai_body, structured_mode
 
 CONGESTION = (429, 503)
+log = logging.getLogger(__name__)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float:
@@ -53,6 +56,8 @@ class OpenAIBackend:
         self.cfg = cfg
         self._secret = api_key if cfg.api_key_env else None
         self.model_name = cfg.model
+        self.structured = structured_mode(cfg)  # "json_schema", "grammar" or "off"
+        self._auto_structured = cfg.structured == "auto"
         self._api_key, self._pool_size = api_key, pool_size
         self._client: openai.AsyncOpenAI | None = None
 
@@ -71,12 +76,25 @@ class OpenAIBackend:
         return self._client
 
     async def send(self, req: ChatRequest) -> Completion:
-        d = req.decoding
-        kwargs = dict(model=self.cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
-                      max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
-                      frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
-        if d.stop:
-            kwargs["stop"] = d.stop
+        mode = self.structured
+        try:
+            return await self._send(req, mode)
+        except Refused:
+            # "auto": a server that does not take a JSON schema (llama_cpp.server answers 422) gets the request
+            # again without it; if that succeeds, the run stops asking (the tolerant parsers read the answers).
+            # Refused again: the schema was not the reason, and nothing changes.
+            if not (self._auto_structured and mode != "off" and req.format is not None):
+                raise
+            c = await self._send(req, "off")
+            if self.structured == "off":
+                return c
+            self.structured = "off"
+            log.warning("teacher %s refused a JSON-schema response_format; structured outputs are off for this "
+                        "run (set teacher.structured = \"grammar\" for a llama.cpp server)", self.cfg.model)
+            return c
+
+    async def _send(self, req: ChatRequest, structured: str) -> Completion:
+        kwargs = openai_body(self.cfg, req, structured)
         try:
             resp = await self._client_now().chat.completions.create(**kwargs)
         except openai.APITimeoutError as e:
