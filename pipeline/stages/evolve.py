@@ -33,7 +33,9 @@ from ..filters.rouge import Tokenizer, lcs
 from ..prompts import render_messages
 from ..records import Record, Rejection
 from ..teachers import ChatRequest, Completion, Teacher
+from ..teachers.formats import EQUAL
 from .export import user_prompt
+from .parsing import json_choice
 
 STAGE = "evolve"
 OPERATIONS = EVOLVE_OPERATIONS
@@ -343,7 +345,11 @@ def choose_operation(cfg: EvolveConfig, rng: random.Random) -> str:
 
 
 def parse_equal(text: str) -> bool | None:
-    """The equality judgment: True = Equal (no information gain), False = Not Equal, None = unreadable."""
+    """The equality judgment: True = Equal (no information gain), False = Not Equal, None = unreadable.
+    ``{"verdict": "Equal"}`` (structured outputs) first, then the words."""
+    choice = json_choice(text, "verdict", ["Equal", "Not Equal"])
+    if choice is not None:
+        return choice == "Equal"
     low = text.lower()
     if re.search(r"\bnot\s+equal\b|\bunequal\b|\bdifferent\b|\bnot\s+(?:the\s+)?same\b|\bnot\s+identical\b", low):
         return False
@@ -460,7 +466,9 @@ def evolve_round(state: EvolveState, teacher: Teacher, cfg: EvolveConfig, rng: r
         judged = teacher.generate([
             ChatRequest(render_messages("evolve_equal", first=user_prompt(c.item.head.instruction, c.item.head.input),
                                         second=user_prompt(c.record.instruction, c.record.input)),
-                        cfg.judge_decoding, sample_key=c.record.id) for c in survivors])
+                        cfg.judge_decoding, sample_key=c.record.id,
+                        format=EQUAL if getattr(teacher, "structured", "off") != "off" else None)
+            for c in survivors])
         kept_after_judge = []
         for c, j in zip(survivors, judged):
             verdict = parse_equal(j.text)

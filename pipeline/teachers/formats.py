@@ -77,12 +77,14 @@ def instruction_list(n: int) -> OutputFormat:
 YES_NO = _choice("yes_no", "answer", ["Yes", "No"])  # is the task a classification task?
 EQUAL = _choice("equal_verdict", "verdict", ["Equal", "Not Equal"])  # Evol-Instruct elimination
 PAIRWISE = _choice("pairwise_verdict", "verdict", ["A", "B", "tie"])  # the eval judge
-# Class labels of a classification task: JSON {"labels": [...]}; grammar: 2 to 10 short labels separated by commas.
+# Class labels of a classification task: JSON {"labels": [...]}; grammar: 2 to 10 labels of 1 to 4 words,
+# separated by commas.
 LABELS = OutputFormat(
     "labels",
     _object("labels", {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 10}),
     'root ::= label (", " label){1,9}\n'
-    'label ::= [^ ,\\n\\x00-\\x1f] [^,\\n\\x00-\\x1f]{0,39}\n',
+    'label ::= word (" " word){0,3}\n'  # a label has at most 4 words (parse_labels drops longer ones)
+    'word ::= [^ ,\\x00-\\x1f]+\n',
     min_tokens=48)
 
 

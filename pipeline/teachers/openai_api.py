@@ -79,11 +79,14 @@ class OpenAIBackend:
         mode = self.structured
         try:
             return await self._send(req, mode)
-        except Refused:
-            # "auto": a server that does not take a JSON schema (llama_cpp.server answers 422) gets the request
-            # again without it; if that succeeds, the run stops asking (the tolerant parsers read the answers).
-            # Refused again: the schema was not the reason, and nothing changes.
-            if not (self._auto_structured and mode != "off" and req.format is not None):
+        except (Refused, Transient) as e:
+            # "auto": a server that does not take a JSON schema gets the request again without it; if that
+            # succeeds, the run stops asking (the tolerant parsers read the answers). Servers say so with a 400 or
+            # 422, or (llama_cpp.server) a 500 whose message names response_format; other transient failures are
+            # not about the schema. Refused again: the schema was not the reason, and nothing changes.
+            if not (self._auto_structured and mode == "json_schema" and req.format is not None):
+                raise
+            if isinstance(e, Transient) and "response_format" not in str(e):
                 raise
             c = await self._send(req, "off")
             if self.structured == "off":
