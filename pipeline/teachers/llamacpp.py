@@ -16,6 +16,11 @@ from .formats import OutputFormat, max_tokens_for
 from .options import structured_mode
 
 
+# create_chat_completion arguments this backend sets itself (not from teacher.extra_body).
+_SET_HERE = {"self", "messages", "temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty",
+             "stop", "seed", "grammar", "response_format"}
+
+
 class LlamaCppBackend:
     backend = "llamacpp"
     max_parallel = 1
@@ -32,11 +37,11 @@ class LlamaCppBackend:
         self.structured = structured_mode(cfg)  # "grammar" (our GBNF), "json_schema" (llama.cpp's) or "off"
         self._grammars: dict[str, object] = {}
         self._extra = dict(cfg.extra_body)  # e.g. top_k, min_p, repeat_penalty
-        known = set(inspect.signature(Llama.create_chat_completion).parameters) - {"self", "messages", "grammar"}
+        known = set(inspect.signature(Llama.create_chat_completion).parameters) - _SET_HERE
         unknown = sorted(set(self._extra) - known)
         if unknown:
-            raise InputError("config", f"llama.cpp's create_chat_completion has no argument {unknown[0]!r}",
-                             field="teacher.extra_body")
+            raise InputError("config", f"{unknown[0]!r} is not an extra create_chat_completion argument (the "
+                             "decoding settings and the format set the others)", field="teacher.extra_body")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
         # A llama.cpp compiled for another CPU dies by SIGILL in-process, which no handler can turn into a message:
         # one generation in a child process first (remembered per build, CPU and model) fails with a clear line.

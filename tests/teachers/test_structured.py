@@ -194,6 +194,19 @@ def test_embedded_grammar_yes_no_labels_and_verdicts(embedded):
     assert c.text in ("Equal", "Not Equal")
 
 
+def test_embedded_extra_body_passes_llama_cpp_arguments_and_rejects_others():
+    from pipeline.errors import InputError
+
+    with pytest.raises(InputError, match="'temperature' is not an extra create_chat_completion argument"):
+        make_teacher(TeacherConfig(extra_body={"temperature": 1.0}))
+    t = make_teacher(TeacherConfig(extra_body={"top_k": 1, "repeat_penalty": 1.1}))
+    try:
+        [c] = t.generate([ChatRequest(ASK, Decoding(temperature=0.0, top_p=1.0, max_tokens=8))])
+    finally:
+        t.close()
+    assert c.text
+
+
 def test_embedded_json_schema_mode_gives_json():
     t = make_teacher(TeacherConfig(structured="json_schema"))  # llama.cpp's own schema-to-grammar
     try:
@@ -221,3 +234,45 @@ def test_llama_server_grammar_mode_and_auto_fallback(llama_server):
     # "auto" sends a JSON schema; llama_cpp.server refuses response_format type json_schema (422): resent without.
     t, [c] = _send(llama_server, "SmolLM2-135M-Instruct", [req])
     assert c.finish_reason in ("stop", "length") and c.text and t.backend.structured == "off"
+
+
+# --- the bootstrap stage against the simulated vLLM server, structured outputs on -------------------------------
+
+@pytest.fixture
+def sim_server():
+    import subprocess
+    import sys
+
+    from tests.conftest import OUR_SEEDS, ROOT
+
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sim_teacher.py"), "--latency-model", "zero",
+                             "--seed-file", str(OUR_SEEDS)], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("READY"), line
+        yield f"http://127.0.0.1:{int(line.split()[1])}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_bootstrap_against_a_schema_server_reads_every_answer_as_json(sim_server):
+    from pipeline.config import BootstrapConfig, FilterConfig
+    from pipeline.io.readers import load_seed_file
+    from pipeline.stages import bootstrap
+    from pipeline.teachers import make_engine
+    from tests.conftest import OUR_SEEDS
+
+    engine = make_engine(TeacherConfig(backend="openai", model="sim", base_url=sim_server, api_key_env="",
+                                       concurrency=8))
+    fcfg = FilterConfig()
+    state = bootstrap.BootstrapState.start(load_seed_file(OUR_SEEDS), fcfg)
+    kept = []
+    try:
+        engine.run(bootstrap.run(state, engine, BootstrapConfig(target_instructions=12, classification="teacher"),
+                                 fcfg, lambda r: kept.extend(r.kept)))
+    finally:
+        engine.close()
+    assert engine.structured == "json_schema" and state.tasks_kept == 12
+    assert state.stats["parsed_as_json"] == state.stats["responses"] > 0 and state.stats["parsed_as_text"] == 0
+    assert state.stats["classification_parsed_as_json"] >= 12
