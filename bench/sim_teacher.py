@@ -27,8 +27,10 @@ busy / (capacity x active wall), capacity = min(slots, refuse_above). In flight 
 Answers are made from a seeded vocabulary (each request's ``seed`` field and its text seed its own generator, so
 identical requests get identical answers and different ones differ), shaped so that the pipeline's parsers and
 filters accept most of them: numbered lists of the number of new instructions asked for, Yes/No, labels, inputs,
-answers, Evol-Instruct rewrites 10-20 words longer than their parent, "Not Equal" judgements. ``max_tokens`` is
-honoured (finish_reason "length") only when an answer really exceeds it; tokens are counted as ceil(chars / 4).
+answers, Evol-Instruct rewrites 10-20 words longer than their parent, "Not Equal" judgements; as JSON of the
+schema's shape when the request has a JSON-schema ``response_format`` (structured outputs). ``max_tokens`` (or
+``max_completion_tokens``) is honoured (finish_reason "length") only when an answer really exceeds it; tokens are
+counted as ceil(chars / 4).
 
 Run: ``python bench/sim_teacher.py --port 8000 --slots 256 --latency 2 --seed-file seed_tasks/seed_tasks.jsonl``;
 it prints ``READY <port>`` on stdout once listening.
@@ -387,6 +389,20 @@ def answer_for(kind: str, messages, g: Gen) -> str:
     return make_answer(user, g)
 
 
+def as_json(schema: dict, text: str) -> str:
+    """A structured-outputs answer (``response_format`` with a JSON schema, as vLLM honours it): the schema's one
+    property holds the text answer, a list (numbered lines, or comma-separated labels) or a single string."""
+    props = schema.get("properties") or {}
+    if len(props) != 1:
+        return text
+    [(key, spec)] = props.items()
+    if spec.get("type") != "array":
+        return json.dumps({key: text.strip()})
+    lines = [re.sub(r"^\s*\d+\.\s*", "", line).strip() for line in text.splitlines() if line.strip()]
+    items = lines if len(lines) > 1 else [s.strip() for s in text.split(",") if s.strip()]
+    return json.dumps({key: items[: spec.get("maxItems") or len(items)]})
+
+
 def make_input(task: str, g: Gen) -> str:
     low = task.lower()
     if re.search(r"\b(function|code|python|program|snippet|bug)\b", low):
@@ -602,6 +618,9 @@ class Server:
             seed = self.next_id
         g = Gen((int(seed) * 1_000_003) ^ zlib.crc32(user.encode("utf-8", "replace")) ^ (self.args.seed << 32))
         text = answer_for(kind, messages, g)
+        fmt = req.get("response_format")
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            text = as_json(fmt.get("json_schema", {}).get("schema", {}), text)
         finish = "stop"
         max_tokens = req.get("max_tokens") or req.get("max_completion_tokens")
         if isinstance(max_tokens, int) and max_tokens > 0 and tokens(text) > max_tokens:

@@ -73,6 +73,23 @@ class TeacherConfig(_Section):
     seed: int = 0
     # vLLM in-process settings, passed to vllm.LLM(...).
     vllm_engine_args: dict[str, Any] = {}
+    # --- structured outputs and per-model request options (pipeline/teachers/options.py) ---
+    # How lists, Yes/No, labels and verdicts are constrained (the tolerant text parsers stay the fallback):
+    # "auto": llamacpp and vllm in-process use their grammar / schema support; openai sends a JSON schema
+    #   (response_format) and, if the server refuses it, resends without and stops asking (a log line says so);
+    # "json_schema": a JSON schema (openai: response_format; llamacpp in-process: llama.cpp's schema-to-grammar);
+    # "grammar": a GBNF grammar (llama.cpp, in-process or a server: sent as the body field "grammar");
+    # "off": free text and today's prompts.
+    structured: Literal["auto", "json_schema", "grammar", "off"] = "auto"
+    # The request field that carries the token limit. "auto": max_completion_tokens for OpenAI reasoning models
+    # (o1, o3, o4-mini, gpt-5 and their dated names; not the *-chat ones), max_tokens for every other model.
+    token_limit_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    # Send temperature, top_p and the penalties. "auto": not to the reasoning models above (they reject them).
+    sampling_params: Literal["auto"] | bool = "auto"
+    # Extra request fields, sent verbatim (openai: merged into the JSON body, e.g. vLLM's top_k,
+    # repetition_penalty, chat_template_kwargs; llamacpp in-process: extra create_chat_completion arguments, e.g.
+    # top_k, min_p, repeat_penalty; vllm in-process: extra SamplingParams, chat_template_kwargs goes to LLM.chat).
+    extra_body: dict[str, Any] = {}
     # How an "openai" teacher is asked: "online" (one HTTP request each) or "batch" (the OpenAI Batch API: requests
     # are collected into batch files, about half the price, answers within the 24 h completion window; see
     # pipeline/teachers/batch.py and the README's "Batch API").
@@ -108,6 +125,9 @@ class BootstrapConfig(_Section):
     # "teacher": ask the teacher Yes/No (Self-Instruct). "rules": lexical cues and a label set in the instruction
     # (for weak teachers such as the embedded 135M model, which answers Yes to everything).
     classification: Literal["teacher", "rules"] = "rules"
+    # With a JSON schema (teacher.structured), the generation prompt asks for {"instructions": [...]} instead of
+    # a numbered list (the schema constrains the answer either way; a grammar constrains the numbered list).
+    json_prompt: bool = True
     seed: int = 42
     generation: Decoding = Decoding(temperature=0.7, top_p=0.5, max_tokens=384, presence_penalty=2.0)
     classification_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=4)
@@ -299,13 +319,13 @@ class RunConfig(_Section):
 
     def fingerprint(self) -> str:
         """Hash of the settings that decide what a run produces. Run ids, paths, budgets, prices and connection
-        settings (concurrency, timeouts, retries, batch polling and sizes) may change between a run and its resume;
-        nothing else may."""
+        settings (concurrency, hedging, timeouts, retries, batch polling and sizes) may change between a run and
+        its resume; nothing else may."""
         data = self.model_dump(mode="json")
         for key in ("run_id", "output_dir", "budget", "prices"):
             data.pop(key, None)
         for key in ("concurrency", "max_concurrency", "timeout_s", "max_retries", "base_url", "api_key_env",
-                    "n_threads", "batch_poll_s", "batch_flush_idle_s", "batch_max_requests"):
+                    "n_threads", "batch_poll_s", "batch_flush_idle_s", "batch_max_requests", "hedge"):
             data["teacher"].pop(key, None)
         # The mode stays in (a batch run resumed online would send again what its batches still hold), but only
         # when it is "batch", so the runs started before the mode existed keep their fingerprint.

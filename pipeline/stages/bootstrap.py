@@ -32,11 +32,11 @@ from ..filters.heuristics import InstructionFilters, check_instance, check_task_
 from ..filters.novelty import NoveltyIndex
 from ..prompts import render
 from ..records import Record, Rejection
-from ..teachers import ChatRequest, Completion, Engine
+from ..teachers import ChatRequest, Completion, Engine, formats
 from ..teachers.base import REFUSED
 from ..teachers.cache import BudgetExhausted
 from .instances import InstanceResult, instances_for
-from .parsing import split_numbered_list
+from .parsing import json_string_list, split_numbered_list
 
 STAGE = "bootstrap"
 
@@ -74,10 +74,12 @@ class StepResult:
     rejected: list[Rejection] = field(default_factory=list)
 
 
-def _prompt(state: BootstrapState, cfg: BootstrapConfig, g: int) -> ChatRequest:
+def _prompt(state: BootstrapState, cfg: BootstrapConfig, g: int, structured: str = "off") -> ChatRequest:
     """Generation request ``g``: in-context instructions sampled from the seeds and from the machine instructions
     decided from requests ``0 .. g - window`` (what the pool held when ``g`` could first be sent), with a random
-    generator of its own, so the prompt does not depend on when answers arrived."""
+    generator of its own, so the prompt does not depend on when answers arrived. ``structured`` (the engine's):
+    the request carries the list format; with a JSON schema the prompt asks for JSON when ``cfg.json_prompt``
+    (a grammar constrains the numbered list the prompt asks for anyway)."""
     rng = random.Random(f"{cfg.seed}:{g}")
     visible = state.pool_sizes[g - cfg.request_batch_size] if g >= cfg.request_batch_size else 0
     machine = state.machine_instructions[:visible]
@@ -87,8 +89,13 @@ def _prompt(state: BootstrapState, cfg: BootstrapConfig, g: int) -> ChatRequest:
     rng.shuffle(shown)
     if n_machine:
         state.stats["prompts_with_machine_instructions"] += 1
-    text = render("bootstrap_instructions", tasks=shown, count=cfg.new_per_request)
-    return ChatRequest(messages=[{"role": "user", "content": text}], decoding=cfg.generation)
+    if structured == "off":
+        text = render("bootstrap_instructions", tasks=shown, count=cfg.new_per_request)
+        return ChatRequest(messages=[{"role": "user", "content": text}], decoding=cfg.generation)
+    text = render("bootstrap_instructions", tasks=shown, count=cfg.new_per_request,
+                  json=structured == "json_schema" and cfg.json_prompt)
+    return ChatRequest(messages=[{"role": "user", "content": text}], decoding=cfg.generation,
+                       format=formats.instruction_list(cfg.new_per_request))
 
 
 def _decide(state: BootstrapState, filters: InstructionFilters, fcfg: FilterConfig, g: int, request: ChatRequest,
@@ -110,7 +117,13 @@ def _decide(state: BootstrapState, filters: InstructionFilters, fcfg: FilterConf
         reject(Record(id=response_id, instruction="", source=STAGE), "empty_completion",
                finish_reason=completion.finish_reason)
         return rejected, []
-    items, cut = split_numbered_list(completion.text, completion.finish_reason)
+    parsed = json_string_list(completion.text, "instructions", completion.finish_reason)
+    if parsed is not None:
+        state.stats["parsed_as_json"] += 1
+        items, cut = parsed
+    else:  # free text (or a backend that ignored the format): the tolerant parser
+        state.stats["parsed_as_text"] += 1
+        items, cut = split_numbered_list(completion.text, completion.finish_reason)
     if cut is not None:  # the length limit cut the last item short
         reject(Record(id=f"{response_id}-cut", instruction=cut, source=STAGE), "truncated", finish_reason="length")
     if not items:
@@ -199,7 +212,7 @@ async def run(state: BootstrapState, engine: Engine, cfg: BootstrapConfig, fcfg:
         while (state.requests < cap and state.requests - decided < window
                and state.tasks_kept + expected_tasks() < target):
             g = state.requests
-            req = _prompt(state, cfg, g)
+            req = _prompt(state, cfg, g, engine.structured)
             sent[g] = (req, asyncio.ensure_future(engine.complete(req, "generate", priority=3)))
             state.requests += 1
 

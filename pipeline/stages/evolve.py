@@ -38,7 +38,9 @@ from ..records import Record, Rejection
 from ..teachers import ChatRequest, Completion, Teacher
 from ..teachers.base import REFUSED
 from ..teachers.cache import BudgetExhausted
+from ..teachers.formats import EQUAL
 from .export import user_prompt
+from .parsing import json_choice
 
 STAGE = "evolve"
 OPERATIONS = EVOLVE_OPERATIONS
@@ -348,7 +350,11 @@ def choose_operation(cfg: EvolveConfig, rng: random.Random) -> str:
 
 
 def parse_equal(text: str) -> bool | None:
-    """The equality judgment: True = Equal (no information gain), False = Not Equal, None = unreadable."""
+    """The equality judgment: True = Equal (no information gain), False = Not Equal, None = unreadable.
+    ``{"verdict": "Equal"}`` (structured outputs) first, then the words."""
+    choice = json_choice(text, "verdict", ["Equal", "Not Equal"])
+    if choice is not None:
+        return choice == "Equal"
     low = text.lower()
     if re.search(r"\bnot\s+equal\b|\bunequal\b|\bdifferent\b|\bnot\s+(?:the\s+)?same\b|\bnot\s+identical\b", low):
         return False
@@ -455,7 +461,8 @@ async def evolve_item(item: PoolItem, round_no: int, engine: Teacher, cfg: Evolv
         j = await engine.complete(ChatRequest(
             render_messages("evolve_equal", first=user_prompt(parent.instruction, parent.input),
                             second=user_prompt(rec.instruction, rec.input)),
-            cfg.judge_decoding, sample_key=rec.id), "evolve_judge", priority=later + 1)
+            cfg.judge_decoding, sample_key=rec.id, format=EQUAL if engine.structured != "off" else None),
+            "evolve_judge", priority=later + 1)
         rec.meta["judge"] = j.text.strip()[:200]
         if j.finish_reason == REFUSED:
             return fail("teacher_refused", {"message": j.text[:500]})

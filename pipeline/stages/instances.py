@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from ..config import BootstrapConfig
 from ..prompts import render_messages
 from ..records import Record
-from ..teachers import ChatRequest, Engine
+from ..teachers import ChatRequest, Completion, Engine
 from ..teachers.base import REFUSED
 from ..teachers.engine import gather_or_cancel
+from ..teachers.formats import LABELS, YES_NO, OutputFormat
 from .export import user_prompt
-from .parsing import parse_numbered_list, parse_yes_no
+from .parsing import json_choice, json_string_list, parse_numbered_list, parse_yes_no
 
 _MATERIAL = (r"text|sentence|sentences|paragraph|passage|list|code|function|program|snippet|email|review|tweet|"
              r"article|story|poem|message|statement|data|table|number|numbers|word|words|question|equation|query|"
@@ -100,16 +101,47 @@ def instance_request(messages: list[dict[str, str]], decoding, instance: int = 0
     return ChatRequest(messages=messages, decoding=decoding, sample_key=f"instance-{instance}" if instance else "")
 
 
-def _request(name: str, decoding, instance: int = 0, **values) -> ChatRequest:
-    return instance_request(render_messages(name, **values), decoding, instance)
+def _request(name: str, decoding, instance: int = 0, fmt: OutputFormat | None = None, **values) -> ChatRequest:
+    req = instance_request(render_messages(name, **values), decoding, instance)
+    req.format = fmt
+    return req
 
 
-async def is_classification(task: Record, engine: Engine, cfg: BootstrapConfig, stats: Counter) -> bool:
+def _format(engine: Engine, fmt: OutputFormat) -> OutputFormat | None:
+    """The format where the engine's backend does structured outputs, else None (free text, as before)."""
+    return fmt if getattr(engine, "structured", "off") != "off" else None
+
+
+def parse_yes_no_answer(text: str, stats: Counter | None = None) -> bool | None:
+    """A Yes/No answer: ``{"answer": "Yes"}`` first, then the tolerant parser (stats count which one read it)."""
+    choice = json_choice(text, "answer", ["Yes", "No"])
+    if choice is not None:
+        if stats is not None:
+            stats["classification_parsed_as_json"] += 1
+        return choice == "Yes"
+    return parse_yes_no(text)
+
+
+def parse_labels_answer(text: str, stats: Counter | None = None) -> list[str]:
+    """Class labels: ``{"labels": [...]}`` first, then the tolerant parser (stats count which one read them)."""
+    parsed = json_string_list(text, "labels")
+    if parsed is not None:
+        if stats is not None:
+            stats["labels_parsed_as_json"] += 1
+        return _dedupe([lab for lab in parsed[0] if len(lab.split()) <= 4])[:10]
+    return parse_labels(text)
+
+
+async def is_classification(task: Record, engine: Engine, cfg: BootstrapConfig, stats: Counter
+                            ) -> bool | Completion:
+    """Whether the task is a classification task; the teacher's refusal (a ``Completion``) when it refused."""
     if cfg.classification == "rules":
         return is_classification_by_rules(task.instruction)
-    answer = await engine.complete(_request("classify", cfg.classification_decoding, instruction=task.instruction),
-                                   "classify", priority=2)
-    verdict = parse_yes_no(answer.text)
+    answer = await engine.complete(_request("classify", cfg.classification_decoding, fmt=_format(engine, YES_NO),
+                                            instruction=task.instruction), "classify", priority=2)
+    if answer.finish_reason == REFUSED:
+        return answer
+    verdict = parse_yes_no_answer(answer.text, stats)
     if verdict is None:
         stats["classification_unparsed"] += 1
     return bool(verdict)
@@ -119,15 +151,19 @@ async def instances_for(task: Record, engine: Engine, cfg: BootstrapConfig) -> I
     """(input, output) candidates for one task, each request sent as soon as the one it depends on is answered;
     rejections carry a reason. Instance filters run later."""
     res = InstanceResult()
-    task.is_classification = await is_classification(task, engine, cfg, res.stats)
+    verdict = await is_classification(task, engine, cfg, res.stats)
+    if isinstance(verdict, Completion):
+        res.rejected.append((task, "teacher_refused", {"message": verdict.text}))
+        return res
+    task.is_classification = verdict
     # (label or None, messages for the input, instance number): drafts whose input the teacher writes, or none.
     drafts: list[tuple[str | None, list[dict], int]] = []
     if task.is_classification:  # output-first: the labels, then an input for each
         labels = labels_from_instruction(task.instruction)
         if not labels:
-            reply = await engine.complete(_request("list_labels", cfg.labels_decoding, instruction=task.instruction),
-                                          "labels", priority=1)
-            labels = parse_labels(reply.text) if reply.finish_reason != REFUSED else []
+            reply = await engine.complete(_request("list_labels", cfg.labels_decoding, fmt=_format(engine, LABELS),
+                                                   instruction=task.instruction), "labels", priority=1)
+            labels = parse_labels_answer(reply.text, res.stats) if reply.finish_reason != REFUSED else []
         if not labels:
             res.rejected.append((task, "no_class_labels", {}))
             return res

@@ -4,6 +4,7 @@ counted parse failure for the caller, never an exception.
 """
 from __future__ import annotations
 
+import json
 import re
 
 # "12. x", "12) x", "12 - x", "12: x", "Task 12: x", "**12.** x", "- x", "* x", "• x"
@@ -54,3 +55,82 @@ def parse_numbered_list(text: str, finish_reason: str = "stop") -> list[str]:
 def parse_yes_no(text: str) -> bool | None:
     m = re.search(r"\b(yes|no)\b", text, re.IGNORECASE)
     return None if m is None else m.group(1).lower() == "yes"
+
+
+# --- structured answers (``pipeline.teachers.formats``): JSON first, the parsers above as the fallback ---------------
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n?(.*?)\n?\s*(?:```\s*)?$", re.DOTALL | re.IGNORECASE)
+_DECODER = json.JSONDecoder()
+_NUMBER_MARK = re.compile(r"^\s*(?:\d{1,3}\s*[.):]|[-*\u2022])\s+")
+
+
+def _json_text(text: str) -> str | None:
+    """The answer with a markdown code fence removed, if it starts like a JSON object; else None."""
+    m = _FENCE.match(text)
+    body = (m.group(1) if m else text).strip()
+    return body if body.startswith("{") else None
+
+
+def json_object(text: str) -> dict | None:
+    """The answer as a JSON object (fenced or not), or None when it is not one."""
+    body = _json_text(text)
+    if body is None:
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def json_string_list(text: str, key: str, finish_reason: str = "stop") -> tuple[list[str], str | None] | None:
+    """The strings of ``{"<key>": ["...", ...]}`` and the one the length limit cut (as ``split_numbered_list``),
+    also from JSON the limit cut short: every string that closed is an item. None when the answer is not JSON
+    of that shape (the caller falls back to the text parsers)."""
+    body = _json_text(text)
+    if body is None:
+        return None
+    whole = json_object(body)
+    if whole is not None:
+        value = whole.get(key)
+        if not isinstance(value, list):
+            return None
+        return _clean_items([v for v in value if isinstance(v, str)]), None
+    m = re.match(r'\{\s*"' + re.escape(key) + r'"\s*:\s*\[', body)
+    if m is None:
+        return None
+    items: list[str] = []
+    pos, cut = m.end(), None
+    while True:
+        pos = len(body) - len(body[pos:].lstrip(" \t\r\n,"))
+        if pos >= len(body) or body[pos] != '"':
+            break
+        try:
+            item, pos = _DECODER.raw_decode(body, pos)
+        except ValueError:  # the string the limit cut: everything after its opening quote
+            cut = body[pos + 1:] if finish_reason == "length" else None
+            break
+        items.append(item)
+    cleaned = _clean_items(items)
+    return cleaned, (_clean_items([cut])[0] if cut and _clean_items([cut]) else None)
+
+
+def _clean_items(items: list[str]) -> list[str]:
+    out = []
+    for item in items:
+        item = _clean(_NUMBER_MARK.sub("", item, count=1))
+        if item:
+            out.append(item)
+    return out
+
+
+def json_choice(text: str, key: str, choices: list[str]) -> str | None:
+    """The value of ``{"<key>": "<one of choices>"}`` (case-insensitive), or None."""
+    obj = json_object(text)
+    value = obj.get(key) if obj is not None else None
+    if not isinstance(value, str):
+        return None
+    for choice in choices:
+        if value.strip().lower() == choice.lower():
+            return choice
+    return None

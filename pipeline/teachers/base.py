@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from ..config import Decoding
+from .formats import OutputFormat
 
 
 @dataclass
@@ -16,11 +17,17 @@ class ChatRequest:
     decoding: Decoding
     # Distinguishes otherwise identical requests that must get their own sample (e.g. the 2nd input for a task).
     sample_key: str = ""
+    # The answer's shape (``formats.py``) where the backend can constrain it; None = free text. The stages set it
+    # only when the engine's backend does structured outputs (``Engine.structured``).
+    format: OutputFormat | None = None
 
     def key(self, backend: str, model: str) -> str:
-        """Stable hash of everything that determines the answer: the request cache key."""
-        payload = json.dumps([backend, model, self.messages, self.decoding.model_dump(mode="json"), self.sample_key],
-                             sort_keys=True, ensure_ascii=False)
+        """Stable hash of everything that determines the answer: the request cache key. A structured request's
+        format is part of it (a free-text request's key is what it always was)."""
+        parts = [backend, model, self.messages, self.decoding.model_dump(mode="json"), self.sample_key]
+        if self.format is not None:
+            parts.append(self.format.key())
+        payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def sampling_seed(self) -> int:

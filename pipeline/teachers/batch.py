@@ -5,7 +5,7 @@ collected and sent as batches: ``send`` queues the request and waits; once no ne
 ``teacher.batch_flush_idle_s`` (every stage is blocked waiting on an answer) or the queue holds
 ``teacher.batch_max_requests`` (the API takes at most 50,000), the queue is sealed into one batch: a JSONL file of
 ``{"custom_id": <request cache key>, "method": "POST", "url": "/v1/chat/completions", "body": ...}`` lines (the
-body is the online backend's, ``openai_api.request_body``), uploaded (``files.create(purpose="batch")``), made a
+body is the online backend's, ``options.openai_body``), uploaded (``files.create(purpose="batch")``), made a
 batch (``batches.create``, 24 h window, the intent id in its metadata), polled every ``teacher.batch_poll_s``
 until it ends, and its output and error files are downloaded into the run. Each line then answers its request:
 a 200 body is a completion (the engine caches it and counts it against the budget, as online); a 400-like status
@@ -59,7 +59,8 @@ from ..errors import TeacherError
 from ..io.files import append_jsonl, drop_torn_tail, read_jsonl, write_bytes_atomic, write_jsonl_atomic
 from ..progress import Progress, no_progress
 from .base import ChatRequest, Completion, Refused, Transient
-from .openai_api import OpenAIBackend, completion_from_body, request_body
+from .openai_api import OpenAIBackend, completion_from_body
+from .options import openai_body
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ class BatchBackend:
         self.cfg = cfg
         self.api = OpenAIBackend(cfg, pool_size=8)
         self.model_name = self.api.model_name
+        # Structured outputs as online (a batch line's body is the online request's); the engine reads it once.
+        self.structured = self.api.structured
         self.dir = state_dir
         self.ledger = Ledger(state_dir)
         self.progress = progress
@@ -187,7 +190,7 @@ class BatchBackend:
                            waiters={cid: futs for cid, _, futs in part})
             for cid in batch.cids:
                 self._claimed[cid] = batch
-            rows = [{"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": request_body(self.cfg, req)}
+            rows = [{"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": openai_body(self.cfg, req, self.api.structured)}
                     for cid, req, _ in part]
             self._spawn(self._drive(batch, rows))
 

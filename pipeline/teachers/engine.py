@@ -251,6 +251,10 @@ class Engine:
                  backoff_max_s: float = 30.0, hedge: float = 0.0):
         self.backend = backend
         self.backend_name, self.model_name = backend.backend, backend.model_name
+        # How the backend constrains a request's format (``formats.py``): "json_schema", "grammar" or "off" (then
+        # stages send no formats). Fixed for the run: a backend that later stops sending formats (openai "auto"
+        # after a refusal) is still given the same requests, so a resume replays them from the cache.
+        self.structured: str = getattr(backend, "structured", "off")
         self.cache, self.budget = cache, budget or Budget()
         ceiling = min(concurrency, backend.max_parallel or concurrency)
         self.limit = AdaptiveLimit(ceiling, auto=auto and ceiling > 1)

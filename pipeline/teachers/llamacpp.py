@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -10,6 +12,13 @@ from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
 from .base import ChatRequest, Completion, Refused
 from .embedded import embedded_model_path, ensure_runs
+from .formats import OutputFormat, max_tokens_for
+from .options import structured_mode
+
+
+# create_chat_completion arguments this backend sets itself (not from teacher.extra_body).
+_SET_HERE = {"self", "messages", "temperature", "top_p", "max_tokens", "presence_penalty", "frequency_penalty",
+             "stop", "seed", "grammar", "response_format"}
 
 
 class LlamaCppBackend:
@@ -25,6 +34,14 @@ class LlamaCppBackend:
         if not path.is_file():
             raise InputError("config", f"GGUF not found: {path}", field="teacher.model")
         self.model_name = path.name.removesuffix(".gguf")
+        self.structured = structured_mode(cfg)  # "grammar" (our GBNF), "json_schema" (llama.cpp's) or "off"
+        self._grammars: dict[str, object] = {}
+        self._extra = dict(cfg.extra_body)  # e.g. top_k, min_p, repeat_penalty
+        known = set(inspect.signature(Llama.create_chat_completion).parameters) - _SET_HERE
+        unknown = sorted(set(self._extra) - known)
+        if unknown:
+            raise InputError("config", f"{unknown[0]!r} is not an extra create_chat_completion argument (the "
+                             "decoding settings and the format set the others)", field="teacher.extra_body")
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-cpp")
         # A llama.cpp compiled for another CPU dies by SIGILL in-process, which no handler can turn into a message:
         # one generation in a child process first (remembered per build, CPU and model) fails with a clear line.
@@ -37,18 +54,34 @@ class LlamaCppBackend:
             verbose=False,
         )
 
+    def _grammar(self, fmt: OutputFormat | None):
+        """The llama.cpp grammar for a request's format: our GBNF ("grammar"), or llama.cpp's conversion of the
+        JSON schema ("json_schema"); None for free text."""
+        if fmt is None or self.structured == "off":
+            return None
+        if fmt.key() not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+            self._grammars[fmt.key()] = (LlamaGrammar.from_json_schema(json.dumps(fmt.schema), verbose=False)
+                                         if self.structured == "json_schema"
+                                         else LlamaGrammar.from_string(fmt.gbnf, verbose=False))
+        return self._grammars[fmt.key()]
+
     def _complete(self, req: ChatRequest) -> Completion:
         d = req.decoding
+        grammar = self._grammar(req.format)
         try:
             resp = self._llm.create_chat_completion(
                 messages=req.messages,
                 temperature=d.temperature,
                 top_p=d.top_p,
-                max_tokens=d.max_tokens,
+                max_tokens=max_tokens_for(d.max_tokens, req.format if grammar is not None else None),
                 presence_penalty=d.presence_penalty,
                 frequency_penalty=d.frequency_penalty,
                 stop=d.stop or None,
                 seed=req.sampling_seed(),
+                grammar=grammar,
+                **self._extra,
             )
         except ValueError as e:  # e.g. the prompt does not fit the context window: this request never will
             raise Refused(f"llama.cpp rejected the request: {e}") from None

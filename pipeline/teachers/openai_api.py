@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import os
 import time
 from typing import Any
@@ -28,9 +29,11 @@ import openai
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
 from .base import ChatRequest, Completion, Refused, Transient
+from .options import openai_body, structured_mode
 
 CONGESTION = (429, 503)
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+log = logging.getLogger(__name__)
 
 
 def retry_after_seconds(value: str | None, now: float | None = None) -> float:
@@ -77,6 +80,8 @@ class OpenAIBackend:
         self.cfg = cfg
         self._secret = api_key if cfg.api_key_env else None
         self.model_name = cfg.model
+        self.structured = structured_mode(cfg)  # "json_schema", "grammar" or "off"
+        self._auto_structured = cfg.structured == "auto"
         self._api_key, self._pool_size = api_key, pool_size
         self._url = (cfg.base_url or OPENAI_BASE_URL).rstrip("/") + "/chat/completions"
         self._where = cfg.base_url or "api.openai.com"
@@ -126,8 +131,29 @@ class OpenAIBackend:
         return Refused(msg)
 
     async def send(self, req: ChatRequest) -> Completion:
+        mode = self.structured
         try:
-            async with self._session_now().post(self._url, data=json.dumps(request_body(self.cfg, req))) as resp:
+            return await self._send(req, mode)
+        except (Refused, Transient) as e:
+            # "auto": a server that does not take a JSON schema gets the request again without it; if that
+            # succeeds, the run stops asking (the tolerant parsers read the answers). Servers say so with a 400 or
+            # 422, or (llama_cpp.server) a 500 whose message names response_format; other transient failures are
+            # not about the schema. Refused again: the schema was not the reason, and nothing changes.
+            if not (self._auto_structured and mode == "json_schema" and req.format is not None):
+                raise
+            if isinstance(e, Transient) and "response_format" not in str(e):
+                raise
+            c = await self._send(req, "off")
+            if self.structured == "off":
+                return c
+            self.structured = "off"
+            log.warning("teacher %s refused a JSON-schema response_format; structured outputs are off for this "
+                        "run (set teacher.structured = \"grammar\" for a llama.cpp server)", self.cfg.model)
+            return c
+
+    async def _send(self, req: ChatRequest, structured: str) -> Completion:
+        try:
+            async with self._session_now().post(self._url, data=json.dumps(openai_body(self.cfg, req, structured))) as resp:
                 status, raw = resp.status, await resp.read()
                 retry_after = resp.headers.get("retry-after")
         except asyncio.TimeoutError:
@@ -152,17 +178,6 @@ class OpenAIBackend:
         if self._client is not None:
             await self._client.close()
             self._client = None
-
-
-def request_body(cfg: TeacherConfig, req: ChatRequest) -> dict[str, Any]:
-    """The body of a chat completion request, online or as a line of a batch file."""
-    d = req.decoding
-    body: dict[str, Any] = dict(model=cfg.model, messages=req.messages, temperature=d.temperature, top_p=d.top_p,
-                                max_tokens=d.max_tokens, presence_penalty=d.presence_penalty,
-                                frequency_penalty=d.frequency_penalty, seed=req.sampling_seed())
-    if d.stop:
-        body["stop"] = d.stop
-    return body
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from ..config import TeacherConfig
 from ..errors import InputError, TeacherError
 from .base import ChatRequest, Completion
+from .formats import OutputFormat, max_tokens_for
+from .options import structured_mode
 
 
 class VLLMBackend:
@@ -34,22 +36,50 @@ class VLLMBackend:
             raise TeacherError(f"the vllm backend needs vllm: pip install 'instruct-pipeline[gpu]' ({e})") from None
         self.model_name = cfg.model
         self.max_batch = max_batch
+        self.structured = structured_mode(cfg)  # "json_schema" (default) or "grammar" (GBNF through xgrammar)
+        # extra_body: chat_template_kwargs goes to LLM.chat, the rest (top_k, repetition_penalty, ...) to
+        # SamplingParams, so a config written for a vLLM server means the same in-process.
+        extra = dict(cfg.extra_body)
+        self._chat_extra = {"chat_template_kwargs": extra.pop("chat_template_kwargs")} \
+            if "chat_template_kwargs" in extra else {}
+        self._sampling_extra = extra
         self._llm = LLM(model=cfg.model, seed=cfg.seed, **cfg.vllm_engine_args)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm")
         self._queue: list[tuple[ChatRequest, asyncio.Future]] = []
         self._running = False
+
+    def _constraint(self, fmt: OutputFormat | None) -> dict:
+        """SamplingParams arguments that constrain the answer to ``fmt``: vLLM >= 0.10.2 takes
+        ``structured_outputs=StructuredOutputsParams(json=... | grammar=...)`` (the only form from 0.12 on), older
+        versions ``guided_decoding=GuidedDecodingParams(...)``."""
+        if fmt is None or self.structured == "off":
+            return {}
+        what = {"json": fmt.schema} if self.structured == "json_schema" else {"grammar": fmt.gbnf}
+        try:
+            from vllm.sampling_params import StructuredOutputsParams
+        except ImportError:
+            try:
+                from vllm.sampling_params import GuidedDecodingParams
+            except ImportError:
+                raise TeacherError("this vllm has neither StructuredOutputsParams nor GuidedDecodingParams; set "
+                                   "teacher.structured = \"off\"") from None
+            return {"guided_decoding": GuidedDecodingParams(**what)}
+        return {"structured_outputs": StructuredOutputsParams(**what)}
 
     def _chat(self, requests: list[ChatRequest]) -> list[Completion]:
         from vllm import SamplingParams
 
         params = [
             SamplingParams(temperature=r.decoding.temperature, top_p=r.decoding.top_p or 1.0,
-                           max_tokens=r.decoding.max_tokens, presence_penalty=r.decoding.presence_penalty,
+                           max_tokens=max_tokens_for(r.decoding.max_tokens,
+                                                     r.format if self.structured != "off" else None),
+                           presence_penalty=r.decoding.presence_penalty,
                            frequency_penalty=r.decoding.frequency_penalty, stop=r.decoding.stop or None,
-                           seed=r.sampling_seed())
+                           seed=r.sampling_seed(), **self._sampling_extra, **self._constraint(r.format))
             for r in requests
         ]
-        outputs = self._llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False)
+        outputs = self._llm.chat([r.messages for r in requests], sampling_params=params, use_tqdm=False,
+                                 **self._chat_extra)
         return [Completion(text=o.outputs[0].text, finish_reason=o.outputs[0].finish_reason or "stop",
                            prompt_tokens=len(o.prompt_token_ids or []), completion_tokens=len(o.outputs[0].token_ids))
                 for o in outputs]

@@ -31,7 +31,9 @@ from ..filters.rouge import rouge_l
 from ..io.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..progress import Progress, no_progress
 from ..prompts import render_messages
+from ..stages.parsing import json_choice
 from ..teachers import ChatRequest, make_teacher
+from ..teachers.formats import PAIRWISE
 from .model import end_of_turn_token, load_model, load_tokenizer, need_tune_extra, pick_precision
 
 STAGE = "eval"
@@ -108,7 +110,11 @@ _VERDICT_PATTERNS = [
 
 
 def parse_verdict(text: str) -> str:
-    """'A', 'B', 'tie' or 'invalid' (nothing that reads as a verdict)."""
+    """'A', 'B', 'tie' or 'invalid' (nothing that reads as a verdict). ``{"verdict": "A"}`` (structured outputs)
+    first, then the words."""
+    choice = json_choice(text, "verdict", ["A", "B", "tie"])
+    if choice is not None:
+        return choice
     text = text.strip()
     for pattern in _VERDICT_PATTERNS:
         m = pattern.search(text)
@@ -128,7 +134,8 @@ def judge_pairs(teacher, rows: list[dict], decoding: Decoding, seed: int) -> lis
         orders.append(tuned_first)
         requests.append(ChatRequest(render_messages(JUDGE_TEMPLATE, instruction=row["prompt_text"],
                                                     reference=row["reference"], answer_a=a or "(empty)",
-                                                    answer_b=b or "(empty)"), decoding))
+                                                    answer_b=b or "(empty)"), decoding,
+                                    format=PAIRWISE if getattr(teacher, "structured", "off") != "off" else None))
     results = []
     for tuned_first, completion in zip(orders, teacher.generate(requests)):
         verdict = parse_verdict(completion.text)

@@ -152,3 +152,31 @@ def test_streaming_result_does_not_depend_on_answer_order_and_meets_the_target_e
     shown = [sum(line.removeprefix("- ") in machine for line in p.splitlines()) for p in backend.prompts]
     # (Counted, not in order: the backend sees prompts in the order the engine happens to send them.)
     assert len(shown) > 4 and shown.count(0) == 4 and all(n == 2 for n in shown if n)
+
+
+class JsonBackend(ScriptedBackend):
+    """A server with JSON-schema structured outputs: a generation request that carries the list format gets
+    ``{"instructions": [...]}``; everything else as ScriptedBackend."""
+
+    structured = "json_schema"
+    formats: list = []
+
+    async def send(self, r):
+        import json
+
+        self.formats.append(r.format)
+        if r.messages[-1]["content"].startswith("Here are some example tasks") and r.format is not None:
+            assert 'Reply with JSON only, in the form {"instructions": [...]}' in r.messages[-1]["content"]
+            return Completion(json.dumps({"instructions": INSTRUCTIONS}), "stop", 10, 10)
+        return await super().send(r)
+
+
+def test_structured_generation_is_parsed_as_json_with_the_same_decisions():
+    _, text_state, text_result = one_request(ScriptedBackend())
+    backend = JsonBackend()
+    _, state, result = one_request(backend)
+    assert backend.formats[0] is not None and backend.formats[0].name == "instructions_10"
+    assert state.stats["parsed_as_json"] == 1 and state.stats["parsed_as_text"] == 0
+    assert text_state.stats["parsed_as_text"] == 1
+    assert [r.instruction for r in result.kept] == [r.instruction for r in text_result.kept]
+    assert state.tasks_kept == text_state.tasks_kept == 3

@@ -52,3 +52,45 @@ def test_needs_input_and_clean_input():
     assert not needs_input("Explain why the sky is blue.")
     assert clean_input("Here is an example input:\n42, 7, 3") == "42, 7, 3"
     assert clean_input('Input: "Hello there"') == "Hello there"
+
+
+# --- structured answers: JSON first, None when the text is not that JSON (the caller falls back) ----------------
+
+from pipeline.stages.parsing import json_choice, json_string_list  # noqa: E402
+
+
+def test_json_list_whole_fenced_and_cleaned():
+    text = '```json\n{"instructions": ["1. Name a river in Africa.", "  Explain   tides. ", "", 7]}\n```'
+    assert json_string_list(text, "instructions") == (["Name a river in Africa.", "Explain tides."], None)
+
+
+def test_json_list_cut_by_the_length_limit_keeps_the_closed_strings():
+    text = '{"instructions": ["Plan a picnic for six people.", "Write a haiku about \\"rain\\".", "Explain why the oc'
+    assert json_string_list(text, "instructions", "length") == (
+        ["Plan a picnic for six people.", 'Write a haiku about "rain".'], "Explain why the oc")
+    assert json_string_list(text, "instructions", "stop")[1] is None
+
+
+def test_not_that_json_falls_back():
+    assert json_string_list("1. Plan a picnic.\n2. Explain tides.", "instructions") is None
+    assert json_string_list('{"tasks": ["Plan a picnic."]}', "instructions") is None
+    assert json_string_list('{"instructions": "Plan a picnic."}', "instructions") is None
+
+
+def test_json_choice():
+    assert json_choice('{"answer": "yes"}', "answer", ["Yes", "No"]) == "Yes"
+    assert json_choice('{"verdict": "Not Equal"}', "verdict", ["Equal", "Not Equal"]) == "Not Equal"
+    assert json_choice('{"answer": "Maybe"}', "answer", ["Yes", "No"]) is None
+    assert json_choice("Yes", "answer", ["Yes", "No"]) is None
+
+
+def test_structured_answers_through_the_stage_parsers():
+    from pipeline.stages.evolve import parse_equal
+    from pipeline.stages.instances import parse_labels_answer, parse_yes_no_answer
+    from pipeline.train.evaluate import parse_verdict
+
+    assert parse_yes_no_answer('{"answer": "No"}') is False and parse_yes_no_answer("Yes.") is True
+    assert parse_labels_answer('{"labels": ["Spam", "Not spam", "spam"]}') == ["Spam", "Not spam"]
+    assert parse_labels_answer("Spam, Not spam") == ["Spam", "Not spam"]
+    assert parse_equal('{"verdict": "Equal"}') is True and parse_equal('{"verdict": "Not Equal"}') is False
+    assert parse_verdict('{"verdict": "B"}') == "B" and parse_verdict('{"verdict": "tie"}') == "tie"
