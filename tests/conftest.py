@@ -1,6 +1,7 @@
 """Shared fixtures: real parts only (the embedded GGUF, a real llama.cpp server on 127.0.0.1, real files)."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -74,3 +75,49 @@ def llama_server(gguf_path, tmp_path_factory):
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+class Sim:
+    """The simulated OpenAI-compatible teacher (``bench/sim_teacher.py``) as a subprocess on 127.0.0.1: its URL,
+    its counters, its batch settings. It answers each request from the request's own seed, so runs against it are
+    deterministic. Later ``args`` override the defaults (answers at once)."""
+
+    def __init__(self, tmp: Path, *args: str):
+        port_file = tmp / f"sim-port-{time.monotonic_ns()}"
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sim_teacher.py"), "--port", "0", "--port-file", str(port_file),
+                                      "--latency-model", "zero", "--max-seconds", "600", *args],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while not (port_file.exists() and port_file.read_text()):
+            assert self.proc.poll() is None and time.time() < deadline, "the simulated teacher did not start"
+            time.sleep(0.05)
+        self.base = f"http://127.0.0.1:{port_file.read_text()}"
+        self.url = f"{self.base}/v1"
+
+    def stats(self) -> dict:
+        return json.loads(urllib.request.urlopen(f"{self.base}/stats", timeout=5).read())
+
+    def batch(self) -> dict:
+        return self.stats()["batch"]
+
+    def set(self, **settings) -> None:
+        req = urllib.request.Request(f"{self.base}/sim/batch-config", data=json.dumps(settings).encode(),
+                                     method="POST")
+        urllib.request.urlopen(req, timeout=5).read()
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def sims(tmp_path):
+    started: list[Sim] = []
+
+    def start(*args: str) -> Sim:
+        started.append(Sim(tmp_path, *args))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.close()

@@ -79,6 +79,53 @@ def test_killed_runs_resume_to_the_same_dataset(tmp_path):
     assert len({k["id"] for k in kept}) == len(kept)
 
 
+def test_killed_runs_through_the_openai_backend_resume_to_the_same_dataset(tmp_path, sims):
+    """The same through the streaming engine and the OpenAI-compatible backend: the simulated teacher on 127.0.0.1
+    (8 slots, 50 ms a request, 5% of them 10x slower), bootstrap with teacher classification and two evolve rounds
+    running at once, hedging on; SIGKILL at random points, resume, compare with an uninterrupted run."""
+    sim = sims("--latency-model", "heavy", "--latency", "0.05", "--tail-frac", "0.05", "--slots", "8")
+    args = ["run", "--teacher", "openai", "--model", "sim-teacher", "--base-url", sim.url, "--target", "120",
+            "--no-report", "--set", 'teacher.api_key_env=""', "--set", "teacher.hedge=3.0",
+            "--set", 'stages=["bootstrap", "evolve", "filter", "export"]', "--set", 'bootstrap.classification="teacher"',
+            "--set", "bootstrap.request_batch_size=8", "--set", "evolve.rounds=2", "--set", "evolve.max_items=40"]
+    ref = tmp_path / "reference"
+    r = run_cli(*args, "--out", str(ref))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len((ref / "evolve" / "kept.jsonl").read_text().splitlines()) > 0
+    total = sim.stats()["requests"]  # what an uninterrupted run asks
+
+    # Kill each session once the server has answered a random share of that again: resumed sessions replay their
+    # start from the cache, so the kills land at different points of the work, not of the clock.
+    run = tmp_path / "killed"
+    rng = random.Random(11)
+    kills = 0
+    for _ in range(12):
+        start = sim.stats()["requests"]
+        proc = subprocess.Popen([PIPELINE, *args, "--out", str(run)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        stop_at = start + rng.randint(total // 10, total // 5)
+        while proc.poll() is None and sim.stats()["requests"] < stop_at:
+            time.sleep(0.02)
+        if proc.poll() is not None:
+            break  # it finished before the kill
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        if kills >= 4:
+            break
+    assert kills >= 3
+    rows_before = _cache_rows(run)
+    final = run_cli(*args, "--out", str(run))
+    assert final.returncode == 0, final.stderr[-2000:]
+    last = _manifest(run)["sessions"][-1]
+    assert last["usage"]["cache_hits"] > 0
+    assert _cache_rows(run) == rows_before + last["usage"]["requests"]
+    assert _data_files(run) == _data_files(ref)
+    for stage in ("bootstrap", "evolve"):
+        kept = [json.loads(line) for line in (run / stage / "kept.jsonl").read_text().splitlines()]
+        assert len({k["id"] for k in kept}) == len(kept)
+
+
 def test_lock_refuses_a_second_run_and_a_dead_ones_lock_does_not_block(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([PIPELINE, "run", "--target", "1", *SMALL, "--out", str(run)],

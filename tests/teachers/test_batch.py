@@ -19,52 +19,10 @@ import pytest
 from pipeline.config import Price, RunConfig, load_config
 from pipeline.errors import InputError
 from pipeline.teachers import make_backend
-from tests.conftest import ROOT, run_cli
+from tests.conftest import Sim, run_cli
 
 PIPELINE = str(Path(sys.executable).parent / "pipeline")
-SIM = ROOT / "bench" / "sim_teacher.py"
 PRICES = ["--set", 'prices."sim-teacher"={input_per_mtok=2.0, output_per_mtok=4.0}']
-
-
-class Sim:
-    """The simulated teacher as a subprocess: its URL, its batch counters, its batch settings."""
-
-    def __init__(self, tmp: Path, *args: str):
-        port_file = tmp / f"sim-port-{time.monotonic_ns()}"
-        self.proc = subprocess.Popen([sys.executable, str(SIM), "--port", "0", "--port-file", str(port_file),
-                                      "--latency-model", "zero", "--max-seconds", "600", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while not (port_file.exists() and port_file.read_text()):
-            assert self.proc.poll() is None and time.time() < deadline, "the simulated teacher did not start"
-            time.sleep(0.05)
-        self.base = f"http://127.0.0.1:{port_file.read_text()}"
-        self.url = f"{self.base}/v1"
-
-    def batch(self) -> dict:
-        return json.loads(urllib.request.urlopen(f"{self.base}/stats", timeout=5).read())["batch"]
-
-    def set(self, **settings) -> None:
-        req = urllib.request.Request(f"{self.base}/sim/batch-config", data=json.dumps(settings).encode(),
-                                     method="POST")
-        urllib.request.urlopen(req, timeout=5).read()
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-
-@pytest.fixture
-def sims(tmp_path):
-    started: list[Sim] = []
-
-    def start(*args: str) -> Sim:
-        started.append(Sim(tmp_path, *args))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.close()
 
 
 def run_args(sim: Sim, mode: str = "batch", *extra: str) -> list[str]:
