@@ -1,7 +1,27 @@
-import asyncio, json, os, resource, subprocess, sys, time
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import openai, httpx2
-N = int(os.environ.get("N", 3000)); C = int(os.environ.get("C", 256))
+"""Client CPU per chat request: the ``openai`` SDK against plain aiohttp, on the simulated teacher answering at once.
+
+    python bench/http_client_bench.py create create16 post post16 aio_sdk aiohttp     # N=3000 C=256 by default
+
+Variants: ``create`` the SDK's ``chat.completions.create`` with one httpx pool of C connections (what the backend
+used before); ``create16`` the same over C/16 clients of 16 connections (httpx's pool scans every connection for
+each request); ``post``/``post16`` the SDK's raw ``post`` (no parameter transform); ``aio_sdk`` the SDK over its
+aiohttp transport (needs ``httpx-aiohttp``); ``aiohttp`` plain aiohttp with json (what the backend uses now).
+The server is pinned to core 0, the client to core 1; figures are requests per client CPU-second and per second.
+"""
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2
+import openai
+
+N = int(os.environ.get("N", 3000))
+C = int(os.environ.get("C", 256))
 msg = [{"role": "user", "content": "Come up with a series of tasks:\n" + "\n".join(f"{i}. Write a poem about item number {i} in the list of things." for i in range(1, 9)) + "\n9."}]
 def cpu(): r = resource.getrusage(resource.RUSAGE_SELF); return r.ru_utime + r.ru_stime
 
@@ -18,9 +38,16 @@ async def drive(send):
 
 def kw(i): return dict(model="sim", messages=msg, temperature=0.7, top_p=0.5, max_tokens=384, seed=i, presence_penalty=0.0, frequency_penalty=0.0)
 
-async def v_create(base, shards=1):
+def _clients(base: str, shards: int) -> list:
+    """``shards`` SDK clients sharing the C connections between them."""
     per = max(1, C // shards)
-    clients = [openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0, http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=per, max_keepalive_connections=per))) for _ in range(shards)]
+    limits = httpx2.Limits(max_connections=per, max_keepalive_connections=per)
+    return [openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0,
+                               http_client=openai.DefaultAsyncHttpxClient(limits=limits)) for _ in range(shards)]
+
+
+async def v_create(base, shards=1):
+    clients = _clients(base, shards)
     async def send(i):
         r = await clients[i % shards].chat.completions.create(**kw(i))
         return r.choices[0].message.content
@@ -29,8 +56,7 @@ async def v_create(base, shards=1):
     return res
 
 async def v_post(base, shards=1):
-    per = max(1, C // shards)
-    clients = [openai.AsyncOpenAI(base_url=base, api_key="x", max_retries=0, http_client=openai.DefaultAsyncHttpxClient(limits=httpx2.Limits(max_connections=per, max_keepalive_connections=per))) for _ in range(shards)]
+    clients = _clients(base, shards)
     async def send(i):
         r = await clients[i % shards].post("/chat/completions", body=kw(i), cast_to=httpx2.Response)
         return json.loads(r.content)["choices"][0]["message"]["content"]
@@ -56,7 +82,9 @@ async def v_aiohttp(base):
     res = await drive(send); await s.close(); return res
 
 def main():
-    srv = subprocess.Popen([sys.executable, "/work/main/bench/sim_teacher.py", "--latency-model", "zero", "--latency", "0", "--slots", "1024", "--port", "0"], stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    srv = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "sim_teacher.py"), "--latency-model", "zero", "--latency", "0", "--slots", "1024", "--port", "0"], stdout=subprocess.PIPE, text=True, preexec_fn=lambda: os.sched_setaffinity(0, {0}))
     port = None
     while port is None:
         line = srv.stdout.readline()
@@ -69,4 +97,6 @@ def main():
         per_cpu, per_s = asyncio.run(fn())
         print(f"{name:10s} {per_cpu:8.0f} req/client-cpu-s {per_s:8.0f} req/s", flush=True)
     srv.terminate()
-main()
+
+if __name__ == "__main__":
+    main()

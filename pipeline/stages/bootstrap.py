@@ -203,8 +203,10 @@ async def run(state: BootstrapState, engine: Engine, cfg: BootstrapConfig, fcfg:
 
     def expected_tasks() -> float:
         """Tasks the work in flight will probably add: accepted ones times the keep rate so far, plus what the
-        outstanding generation requests will probably accept."""
-        keep_rate = kept_tasks / decided_tasks if decided_tasks else 1.0
+        outstanding generation requests will probably accept. This is what stops generation: generation requests
+        go first in the engine (they start the longest chains), so a keep rate read as 0 would starve every
+        instance request behind endless generation."""
+        keep_rate = (kept_tasks + 1) / (decided_tasks + 1)  # smoothed: one early loss must not read as 0
         per_request = accepted_total / decided if decided else float(cfg.new_per_request)
         return keep_rate * (in_progress + per_request * (state.requests - decided))
 

@@ -154,6 +154,45 @@ def test_streaming_result_does_not_depend_on_answer_order_and_meets_the_target_e
     assert len(shown) > 4 and shown.count(0) == 4 and all(n == 2 for n in shown if n)
 
 
+class FirstTaskFailsBackend(VariedBackend):
+    """One request at a time (as the embedded model): the first task's answer is cut by the length limit, every
+    other answer is fine."""
+
+    max_parallel = 1
+
+    async def send(self, r):
+        c = await super().send(r)
+        text = r.messages[-1]["content"]
+        if text.startswith("Here are some example tasks"):
+            self.generations += 1
+            if self.generations == 1:  # the first answer lists one task only
+                return Completion(c.text.splitlines()[0], "stop", 10, 10)
+            return c
+        if self.first_answer is None:
+            self.first_answer = text
+        if text == self.first_answer:
+            return Completion(c.text, "length", 10, 10)
+        return c
+
+
+def test_generation_first_does_not_starve_instances_when_the_first_task_fails():
+    """Generation requests go first in the engine; an early lost task must not make the stage read its keep rate
+    as 0 and generate without end while the instance requests wait."""
+    seeds = load_seed_file(OUR_SEEDS)
+    fcfg = FilterConfig()
+    state = bootstrap.BootstrapState.start(seeds, fcfg)
+    backend = FirstTaskFailsBackend(delay_seed=3)
+    backend.first_answer, backend.generations = None, 0
+    engine = Engine(backend, concurrency=1)
+    try:
+        engine.run(bootstrap.run(state, engine, BootstrapConfig(request_batch_size=2, new_per_request=10,
+                                                                target_instructions=3, classification="rules"),
+                                 fcfg, lambda r: None))
+    finally:
+        engine.close()
+    assert state.tasks_kept == 3 and state.requests <= 3
+
+
 class JsonBackend(ScriptedBackend):
     """A server with JSON-schema structured outputs: a generation request that carries the list format gets
     ``{"instructions": [...]}``; everything else as ScriptedBackend."""
