@@ -37,8 +37,8 @@ class LlamaCppBackend:
         self.structured = structured_mode(cfg)  # "grammar" (our GBNF), "json_schema" (llama.cpp's) or "off"
         self._grammars: dict[str, object] = {}
         self._extra = dict(cfg.extra_body)  # e.g. top_k, min_p, repeat_penalty
-        known = set(inspect.signature(Llama.create_chat_completion).parameters) - _SET_HERE
-        unknown = sorted(set(self._extra) - known)
+        unknown = sorted(set(self._extra) - (set(inspect.signature(Llama.create_chat_completion).parameters)
+                                             - _SET_HERE)) if self._extra else []
         if unknown:
             raise InputError("config", f"{unknown[0]!r} is not an extra create_chat_completion argument (the "
                              "decoding settings and the format set the others)", field="teacher.extra_body")
