@@ -12,7 +12,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import IO, Any, Iterable, Iterator
 
 from ..errors import InputError
 
@@ -85,13 +85,13 @@ def append_jsonl(path: Path, rows: Iterable[Any], durable: bool = False) -> None
 
 # --- replacing whole files --------------------------------------------------------------------------------------
 @contextmanager
-def _replacing(path: Path) -> Iterator[TextIO]:
-    """A file to write that replaces ``path`` whole when the block ends without an error, and is removed when it
-    ends with one."""
+def _replacing(path: Path, binary: bool = False) -> Iterator[IO]:
+    """A file to write (text, or bytes with ``binary``) that replaces ``path`` whole when the block ends without an
+    error, and is removed when it ends with one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", encoding="utf-8")) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -111,18 +111,8 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """``write_text_atomic`` for bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _replacing(path, binary=True) as fh:
+        fh.write(data)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -40,6 +40,28 @@ def _data_files(run: Path) -> dict[str, bytes]:
     return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*.jsonl"))}
 
 
+def _kill_sessions(cmd: list[str], most: int, trigger, linger=lambda: 0.0) -> int:
+    """Start ``cmd`` again and again (a run resuming itself) and SIGKILL each session once the check made by
+    ``trigger()`` at its start holds, after ``linger()`` more seconds; stop after ``most`` kills or when a session
+    finishes first. Returns the kills."""
+    kills = 0
+    for _ in range(12):
+        ready = trigger()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None and not ready():
+            time.sleep(0.02)
+        try:
+            proc.wait(timeout=linger())
+            break  # it finished before the kill
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+        if kills >= most:
+            break
+    return kills
+
+
 @pytest.mark.slow  # minutes of the embedded model; the same through the openai backend runs by default
 def test_killed_runs_resume_to_the_same_dataset(tmp_path):
     """SIGKILL a real run at random points, several times; resume each time; compare with an uninterrupted run."""
@@ -53,25 +75,14 @@ def test_killed_runs_resume_to_the_same_dataset(tmp_path):
 
     run = tmp_path / "killed"
     rng = random.Random(7)
-    kills = 0
-    for attempt in range(12):
-        before = _cache_rows(run) if (run / "cache.sqlite").exists() else 0
-        proc = subprocess.Popen([PIPELINE, *args, "--out", str(run)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        # Kill once this session has made progress (a new answer committed), after a random further while: on a
-        # busy machine the model's start alone can outlast a fixed delay, and a session that did nothing tests
-        # nothing.
-        while proc.poll() is None and not ((run / "cache.sqlite").exists() and _cache_rows(run) > before):
-            time.sleep(0.1)
-        try:
-            proc.wait(timeout=rng.uniform(0.0, 6.0))
-            break  # it finished before the kill
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills += 1
-        if kills >= 3:
-            break
+    # Kill once a session has made progress (a new answer committed), after a random further while: on a busy
+    # machine the model's start alone can outlast a fixed delay, and a session that did nothing tests nothing.
+    def committed_an_answer():
+        before = _cache_rows(run)
+        return lambda: _cache_rows(run) > before
+
+    kills = _kill_sessions([PIPELINE, *args, "--out", str(run)], 3, committed_an_answer,
+                           linger=lambda: rng.uniform(0.0, 6.0))
     assert kills >= 2
     rows_before = _cache_rows(run)
     final = run_cli(*args, "--out", str(run))
@@ -109,21 +120,11 @@ def test_killed_runs_through_the_openai_backend_resume_to_the_same_dataset(tmp_p
     # start from the cache, so the kills land at different points of the work, not of the clock.
     run = tmp_path / "killed"
     rng = random.Random(11)
-    kills = 0
-    for _ in range(12):
-        start = sim.stats()["requests"]
-        proc = subprocess.Popen([PIPELINE, *args, "--out", str(run)], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-        stop_at = start + rng.randint(total // 10, total // 5)
-        while proc.poll() is None and sim.stats()["requests"] < stop_at:
-            time.sleep(0.02)
-        if proc.poll() is not None:
-            break  # it finished before the kill
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-        if kills >= 4:
-            break
+    def answered_a_share():
+        stop_at = sim.stats()["requests"] + rng.randint(total // 10, total // 5)
+        return lambda: sim.stats()["requests"] >= stop_at
+
+    kills = _kill_sessions([PIPELINE, *args, "--out", str(run)], 4, answered_a_share)
     assert kills >= 3
     rows_before = _cache_rows(run)
     final = run_cli(*args, "--out", str(run))
