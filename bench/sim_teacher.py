@@ -488,6 +488,7 @@ class Stats:
         self.errors = 0
         self.cancelled = 0
         self.busy = 0.0
+        self.cancelled_busy = 0.0  # slot-seconds of requests cancelled while running (a lost hedge race)
         self.first_arrival: float | None = None
         self.last_completion: float | None = None
         self.area = 0.0  # integral of in-flight over time
@@ -541,6 +542,7 @@ class Stats:
             "errors": self.errors,
             "cancelled": self.cancelled,
             "busy_slot_s": round(busy, 3),
+            "cancelled_slot_s": round(self.cancelled_busy, 3),
             "active_wall_s": round(wall, 3),
             "capacity": cap,
             "occupancy": round(busy / (cap * wall), 4) if wall > 0 and cap else None,
@@ -587,6 +589,7 @@ class Server:
         for path in args.seed_file or []:
             self.seeds |= load_seed_instructions(path)
         self.desk = BatchDesk(self, args)
+        self.trace = open(args.trace, "a", buffering=1) if args.trace else None
 
     def describe(self) -> dict:
         a = self.args
@@ -698,6 +701,8 @@ class Server:
         self.running[rid] = now
         self.stats.peak_running = max(self.stats.peak_running, len(self.running))
         delay = self.latency()
+        if self.args.trace:
+            self.trace.write(f"{job[3]}\t{now - (self.stats.first_arrival or now):.3f}\t{delay:.2f}\t{rid}\n")
         if delay <= 0:
             self._finish(job)
         else:
@@ -742,6 +747,10 @@ class Server:
             start = self.running.pop(rid, None)
             if start is not None:
                 self.stats.busy += now - start
+                self.stats.cancelled_busy += now - start
+                self.stats.add_busy(start, now)
+                if self.trace:
+                    self.trace.write(f"cancel\t{now - (self.stats.first_arrival or now):.3f}\t0\t{rid}\n")
                 self.stats.observe(self.in_flight, now)
                 self.in_flight -= 1
         # queued ones are skipped (and leave in-flight) when they reach the head of the queue
@@ -1135,6 +1144,7 @@ def parse_args(argv=None):
     p.add_argument("--port-file", help="also write the port here once listening")
     p.add_argument("--slots", type=int, default=256, help="requests served at once; more wait in a queue")
     p.add_argument("--latency", type=float, default=2.0, help="seconds per request (the median for heavy)")
+    p.add_argument("--trace", help="append one line per started request (kind, start s, latency s, id) here")
     p.add_argument("--latency-model", choices=["fixed", "heavy", "zero"], default="fixed")
     p.add_argument("--tail-frac", type=float, default=0.05, help="heavy: share of requests in the tail")
     p.add_argument("--tail-mult", type=float, default=10.0, help="heavy: tail latency / median")

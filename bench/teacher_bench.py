@@ -186,6 +186,8 @@ def code_label(code: Path) -> str:
 
 def scenario_server_args(name: str, a) -> list[str]:
     common = ["--slots", str(a.slots), "--seed", str(a.seed)]
+    if a.workdir and a.trace:
+        common += ["--trace", str(Path(a.workdir) / f"{name}.trace.tsv")]
     if name == "fixed":
         return common + ["--latency-model", "fixed", "--latency", str(a.latency)]
     if name == "heavy":
@@ -311,6 +313,8 @@ def run_scenario(code: Path, name: str, a, cpus: tuple[int | None, int | None], 
         res["retries"] = sum(u.get("retries", 0) for u in usage)
         res["retries_by_kind"] = {k: sum((u.get("retries_by_kind") or {}).get(k, 0) for u in usage)
                                   for k in {k for u in usage for k in (u.get("retries_by_kind") or {})}}
+        # the engine is the run's one: each stage's manifest entry shows its totals when that stage ended
+        res["hedged"] = max([(v.get("engine") or {}).get("hedged", 0) for v in m.get("stages", {}).values()] or [0])
         res["stages"] = {s: {"kept": v.get("kept"), "rejected": v.get("rejected"),
                              "rejected_by_reason": v.get("rejected_by_reason", {}),
                              "wall_s": v.get("wall_s"), **({"tasks_kept": v["tasks_kept"]} if "tasks_kept" in v else {})}
@@ -334,6 +338,8 @@ def row(r: dict) -> list[str]:
     instant = (s.get("config") or {}).get("latency_model") == "zero"  # no slot time: occupancy means nothing
     return [
         r["code"], r["scenario"], "-" if instant else _f(s.get("occupancy"), "{:.3f}"),
+        "-" if instant or s.get("cancelled_slot_s") is None else
+        f"{s['cancelled_slot_s'] / max(s['busy_slot_s'], 1e-9):.3f}/{r.get('hedged', '-')}",
         "-" if instant else f"{_f(s.get('mean_in_flight'), '{:.1f}')}/{s.get('peak_in_flight', '-')}",
         str(s.get("requests", "-")), _f(s.get("requests_per_s"), "{:.1f}"),
         f"{s.get('refused_429', '-')}/{r.get('retries', '-')}",
@@ -345,7 +351,7 @@ def row(r: dict) -> list[str]:
     ]
 
 
-HEAD = ["code", "scenario", "occup", "inflight mean/peak", "reqs", "req/s", "429/retries",
+HEAD = ["code", "scenario", "occup", "lost-race share/hedges", "inflight mean/peak", "reqs", "req/s", "429/retries",
         "machine-in-prompt (slots)", "wall s", "active s", "cpu s cli/srv", "req/cli-cpu-s", "dataset instr",
         "load1", "status"]
 
@@ -422,6 +428,8 @@ def main(argv=None) -> int:
     p.add_argument("--timeout", type=float, default=3600, help="seconds per pipeline run")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and client to separate cores")
     p.add_argument("--workdir", help="keep configs, logs and runs here (default: a temporary directory, removed)")
+    p.add_argument("--trace", action="store_true", help="with --workdir: the server writes <scenario>.trace.tsv there "
+                   "(kind, start s, latency s, id of every started request)")
     p.add_argument("--json", help="write all results as JSON here")
     a = p.parse_args(argv)
 
@@ -466,7 +474,9 @@ def main(argv=None) -> int:
     if rat:
         print("\nratios new/old:")
         print("\n".join(rat))
-    print("\noccupancy = busy slot-seconds / (slots x active wall); storm: of the 429 limit. machine-in-prompt: share "
+    print("\noccupancy = busy slot-seconds / (slots x active wall); storm: of the 429 limit. lost-race share: of the "
+          "busy slot-seconds, those of copies cancelled because another copy of the request answered first (hedging "
+          "waste, counted in occupancy); hedges: copies sent. machine-in-prompt: share "
           "of generation prompts showing a machine-generated instruction (share of in-context slots). cpu s: CPU "
           "seconds of the pipeline process / the sim server; req/cli-cpu-s: requests per CPU-second of the client "
           "(the one-core ceiling, independent of other load on the machine).")

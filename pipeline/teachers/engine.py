@@ -13,9 +13,11 @@ still to come after it goes first (``priority``): the requests that start work (
 held behind the last steps of earlier work, so work is always queued and a stage's end drains quickly.
 
 Hedging (``teacher.hedge``, off by default, on in ``configs/vllm_server.toml``): a request still unanswered after
-``hedge`` x the median latency of its kind is sent a second time, only into a slot that would otherwise stay idle
-(nobody is waiting), and the first answer wins. It costs a self-hosted server nothing but idle capacity and cuts
-the stragglers that hold back in-order decisions and a stage's last answers; on a paid API each hedge is paid.
+``hedge`` x the median latency of its kind is sent a second time, ahead of every request waiting for a slot, and
+the first answer wins; the loser is cancelled (a server that sees the connection close stops generating). A
+straggler holds back in-order decisions and every later step of its chain, so its duplicate goes first even
+when the window is full: with a 10x tail, the straggler's slot is freed after ``hedge`` x the median instead of
+10x, so hedging returns more slot time than it takes. On a paid API each hedge is paid.
 
 A request that can never succeed (HTTP 400: context too long, content filter, unsupported parameter; llama.cpp
 rejecting a prompt) is not retried and does not end the run: it comes back as a completion with
@@ -41,6 +43,10 @@ from .base import REFUSED, Backend, ChatRequest, Completion, OnResult, Refused, 
 from .cache import Budget, BudgetExhausted, RequestCache, Spent
 
 T = TypeVar("T")
+# A hedge (the duplicate of a straggler) takes the next free slot before every waiting request.
+HEDGE_PRIORITY = 1 << 30
+# Copies of one request at most: a hedge can straggle too, and then the request gets a third.
+MAX_COPIES = 3
 
 # The stage a request is made for, so that stages running at once on one engine each get their own usage. A stage
 # coroutine sets it once (``Engine.stage``); the tasks it starts inherit it.
@@ -65,18 +71,20 @@ class AdaptiveLimit:
     Fixed (``auto=False``): always ``ceiling``. Auto (in the manner of TCP Vegas): a server that queues answers
     later the more it is given beyond its width, so the engine watches how much longer requests take than they
     can. Per kind of request (a 4-token Yes/No is not a 384-token list) it keeps the quickest latencies seen
-    (the 10th percentile of a window, the lowest over the run), and at the end of each window (about one round
-    trip: ``limit`` completions) it takes the median of latency / quickest. Near 1: the server has room, and if
-    the window was full and its upper quarter is flat too, the limit grows (x4 per round trip at first, from 16:
-    a GPU server is reached in three or four round trips instead of six or seven, which at 2 s a request is most
-    of a short run's idle time; then by an eighth). Above ``high`` (2): requests wait
-    in the server's queue, and the limit shrinks in proportion. In between it holds: the server is full and a
+    (the 10th percentile of a window, the lowest over the run; a kind first seen while the server queues gets
+    its 10th percentile divided by how slow the known kinds are at that moment, or the queue would read as its
+    speed), and at the end of each window (about one round trip: ``limit`` completions) it takes the median of
+    latency / quickest. Near 1: the server has room, and if the window was full and its upper quarter is flat
+    too, the limit grows (x4 per round trip at first, from 16: a GPU server is reached in three or four round
+    trips instead of six or seven, which at 2 s a request is most of a short run's idle time; then by an
+    eighth). Above ``high`` (1.5): requests wait in the server's queue (every step of every chain pays that
+    wait, and so does a hedge), and the limit shrinks in proportion. In between it holds: the server is full and a
     short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a quarter (once per window)
     and caps it just under the level that was refused, a cap raised by one per window to probe again. Windows
     where the stages offered fewer requests than the limit say nothing about the server and change nothing.
     """
 
-    def __init__(self, ceiling: int, auto: bool, initial: int = 16, low: float = 1.3, high: float = 2.0):
+    def __init__(self, ceiling: int, auto: bool, initial: int = 16, low: float = 1.3, high: float = 1.5):
         self.ceiling, self.auto, self.low, self.high = max(1, ceiling), auto, low, high
         self.limit = min(self.ceiling, initial) if auto else self.ceiling
         self.in_flight = 0
@@ -112,12 +120,11 @@ class AdaptiveLimit:
             raise
         return self._epoch
 
-    def try_acquire(self) -> int | None:
-        """A slot now if one is idle and nobody is waiting for it (for a hedge), else None."""
-        if self.in_flight < self.limit and not self._waiters:
-            self._take()
-            return self._epoch
-        return None
+    @property
+    def quiet(self) -> bool:
+        """Fewer than half the slots are taken and nobody is waiting: what is still out is the tail of the work,
+        and the server has room."""
+        return self.in_flight * 2 < self.limit and not self._waiters
 
     def _take(self) -> None:
         self._account()
@@ -148,9 +155,10 @@ class AdaptiveLimit:
                 # A window is about one round trip (``limit`` answers). While starting up, the limit has just
                 # grown x4, so 3/4 of it were sent at once under it: their answers are the round trip, and the
                 # limit grows every round trip instead of every other.
-                if len(self._window) >= (max(16, self.limit * 3 // 4) if self._startup and self.auto
-                                         else max(self.limit, 8)):
+                n = len(self._window)
+                if n >= (max(8, self.limit * 3 // 4) if self._startup and self.auto else max(self.limit, 8)):
                     self._end_window()
+
         self._wake()
 
     def _account(self) -> None:
@@ -183,11 +191,14 @@ class AdaptiveLimit:
         by_kind: dict[str, list[float]] = {}
         for kind, latency in window:
             by_kind.setdefault(kind, []).append(latency)
-        for kind, lats in by_kind.items():
-            if len(lats) >= 5:
-                lats.sort()
-                p10 = lats[len(lats) // 10]
-                self._quickest[kind] = min(self._quickest.get(kind, p10), p10)
+        p10s = {kind: sorted(lats)[len(lats) // 10] for kind, lats in by_kind.items() if len(lats) >= 5}
+        # A kind first seen while the server queues would take the queue for its speed, and the queue would
+        # never read as one: its quickest is its 10th percentile divided by how slow the known kinds are now
+        # (one server, one queue).
+        known = sorted(lat / self._quickest[kind] for kind, lat in window if kind in self._quickest)
+        now = max(1.0, known[len(known) // 2]) if known else 1.0
+        for kind, p10 in p10s.items():
+            self._quickest[kind] = min(self._quickest[kind], p10) if kind in self._quickest else p10 / now
         ratios = sorted(lat / self._quickest[kind] for kind, lat in window if kind in self._quickest)
         if congested:
             return
@@ -228,9 +239,10 @@ class _Try:
 
     req: ChatRequest
     kind: str
-    t0: float
+    t0: float  # when its newest copy was sent
     result: asyncio.Future
     tasks: list = field(default_factory=list)
+    hedge: asyncio.Task | None = None  # a duplicate waiting for its slot (see Engine._hedge)
 
 
 @dataclass
@@ -359,6 +371,8 @@ class Engine:
             return await tr.result
         finally:
             self._tries.discard(tr)
+            if tr.hedge is not None:
+                tr.hedge.cancel()
             for t in tr.tasks:
                 t.cancel()
 
@@ -382,25 +396,30 @@ class Engine:
                                     task.exception())
 
     async def _scan_for_hedges(self) -> None:
-        """Four times a second, while hedged tries are out: a try unanswered after ``hedge`` x the median latency
-        of its kind gets one duplicate, in a slot nobody is waiting for. Oldest first; stops at the first try
-        that finds no idle slot."""
+        """Four times a second, while hedged tries are out: a try whose newest copy is still unanswered gets
+        another copy (up to ``MAX_COPIES``), which takes the next free slot before any waiting request. How long
+        a copy may take: ``hedge`` x the median latency of its kind; while the engine is quiet (under half its
+        slots taken, nobody waiting: the last chains of a stage), the median itself, since a copy then costs only
+        idle capacity and the stragglers are all there is to wait for."""
         while self._tries:
             await asyncio.sleep(0.25)
-            now, delays = time.monotonic(), {}
-            for tr in sorted(self._tries, key=lambda t: t.t0):
-                if len(tr.tasks) > 1 or tr.result.done():
+            now, quiet, delays = time.monotonic(), self.limit.quiet, {}
+            for tr in self._tries:
+                if tr.hedge is not None or tr.result.done() or len(tr.tasks) >= MAX_COPIES:
                     continue
                 if tr.kind not in delays:
-                    delays[tr.kind] = self._hedge_delay(tr.kind)
+                    delays[tr.kind] = self._hedge_delay(tr.kind, quiet)
                 delay = delays[tr.kind]
-                if delay is None or now - tr.t0 < delay:
-                    continue
-                epoch = self.limit.try_acquire()
-                if epoch is None:
-                    break
-                self.stats.hedged += 1
-                self._launch(tr, epoch)
+                if delay is not None and now - tr.t0 >= delay:
+                    tr.hedge = asyncio.ensure_future(self._hedge(tr))
+
+    async def _hedge(self, tr: "_Try") -> None:
+        """Send another copy of a slow try as soon as a slot is free, before any waiting request (the try's
+        ``finally`` cancels this while it waits, if an earlier copy answers meanwhile)."""
+        epoch = await self.limit.acquire(HEDGE_PRIORITY)
+        self.stats.hedged += 1
+        tr.t0, tr.hedge = time.monotonic(), None
+        self._launch(tr, epoch)
 
     async def _send_once(self, req: ChatRequest, kind: str, epoch: int) -> Completion:
         t0, congestion, latency = time.monotonic(), False, None
@@ -416,13 +435,14 @@ class Engine:
         finally:
             await self.limit.release(latency, congestion, kind, epoch)
 
-    def _hedge_delay(self, kind: str) -> float | None:
-        """How long a request of this kind may take before it is hedged; None: no hedging (off, or too few
-        answers of the kind seen yet to know its median)."""
+    def _hedge_delay(self, kind: str, quiet: bool = False) -> float | None:
+        """How long a copy of a request of this kind may take before the next copy is sent (see
+        ``_scan_for_hedges``); None: no hedging (off, or too few answers of the kind seen yet to know its
+        median)."""
         lats = self._latencies.get(kind) if self.hedge else None
         if not lats or len(lats) < 20:
             return None
-        return max(self.hedge * statistics.median(lats), 0.05)
+        return max(min(self.hedge, 1.0 if quiet else self.hedge) * statistics.median(lats), 0.05)
 
     def _count_retry(self, exc: BaseException) -> None:
         kind = getattr(exc, "kind", type(exc).__name__)
@@ -520,6 +540,8 @@ class Engine:
             return
         try:
             self._loop.call_soon_threadsafe(self.flush)
+            if self._scanner is not None:
+                self._loop.call_soon_threadsafe(self._scanner.cancel)
             if close_backend:
                 asyncio.run_coroutine_threadsafe(self.backend.aclose(), self._loop).result(timeout=30)
         finally:

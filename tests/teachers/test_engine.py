@@ -185,3 +185,87 @@ def test_limit_stats_count_busy_time():
 
     stats = asyncio.run(go())
     assert stats.busy_seconds == pytest.approx(0.2, abs=0.05) and stats.peak_in_flight == 2
+
+
+class Straggling(Server):
+    """``Server`` where the first ``copies`` sends of one request take ``slow`` seconds (a heavy tail)."""
+
+    def __init__(self, slow_text: str, slow: float, copies: int = 1, **kw):
+        super().__init__(**kw)
+        self.slow_text, self.slow, self.slow_left = slow_text, slow, copies
+
+    async def send(self, r: ChatRequest) -> Completion:
+        if r.messages[-1]["content"] == self.slow_text and self.slow_left:
+            self.slow_left -= 1
+            await asyncio.sleep(self.slow)
+            return Completion(text="slow answer", finish_reason="stop", prompt_tokens=3, completion_tokens=2)
+        return await super().send(r)
+
+
+def _finish_times(e: Engine, n: int) -> dict[int, float]:
+    done: dict[int, float] = {}
+
+    async def go():
+        t0 = time.monotonic()
+
+        async def one(i):
+            await e.complete(req(i), "q")
+            done[i] = time.monotonic() - t0
+        await asyncio.gather(*(one(i) for i in range(n)))
+    e.run(go())
+    return done
+
+
+def test_a_straggler_is_hedged_ahead_of_the_requests_waiting_for_slots(engines):
+    # 4 slots full all along (300 requests of 50 ms behind them); the first send of request 0 takes 4 s. Its copy
+    # (after 3 x the 50 ms median) goes before the waiting requests, so request 0 is answered long before 4 s,
+    # while the rest are still being worked through.
+    server = Straggling("question 0", slow=4.0, slots=64, latency=0.05)
+    e = engines(server, concurrency=4, hedge=3.0)
+    done = _finish_times(e, 300)
+    assert done[0] < 2.0 < max(done.values()), (done[0], max(done.values()))
+    assert e.stats.hedged >= 1 and e.stats.hedge_wins == 1
+
+
+def test_a_copy_that_straggles_too_gets_a_third(engines):
+    server = Straggling("question 0", slow=4.0, copies=2, slots=64, latency=0.05)
+    e = engines(server, concurrency=4, hedge=3.0)
+    done = _finish_times(e, 100)
+    assert done[0] < 3.0, done[0]
+    assert e.stats.hedged == 2 and e.stats.hedge_wins == 1
+
+
+def test_no_hedging_when_off(engines):
+    server = Straggling("question 0", slow=1.0, slots=64, latency=0.02)
+    e = engines(server, concurrency=4)
+    done = _finish_times(e, 60)
+    assert done[0] >= 1.0 and e.stats.hedged == 0
+
+
+def test_a_kind_first_seen_while_the_server_queues_does_not_take_the_queue_for_its_speed():
+    # Kind "a" is learnt on an idle server (1 s); then the server queues: "a" takes 3 s, and kind "b", new, 3 s too.
+    # b's quickest is its 3 s over the 3x that "a" shows now: 1 s, and the window reads as a queue (limit cut).
+    lim = AdaptiveLimit(1024, auto=True, initial=64)
+
+    async def go():
+        for lat in [1.0] * 48:
+            await lim.acquire()
+            await lim.release(lat, kind="a", epoch=lim._epoch)
+        before = lim.limit
+        for i in range(int(before * 0.75) + 1):
+            await lim.acquire()
+            await lim.release(3.0, kind="a" if i % 2 else "b", epoch=lim._epoch)
+        return before
+    before = asyncio.run(go())
+    assert lim._quickest["b"] == pytest.approx(1.0)
+    assert lim.limit < before
+
+
+def test_when_the_engine_is_quiet_a_copy_goes_after_the_median(engines):
+    # hedge = 40: a copy after 2 s while slots are in demand; once the other 40 are answered and only the
+    # straggler is out, it gets a copy after the 50 ms median instead.
+    server = Straggling("question 0", slow=4.0, slots=64, latency=0.05)
+    e = engines(server, concurrency=8, hedge=40.0)
+    done = _finish_times(e, 41)
+    assert done[0] < 1.5, done[0]
+    assert e.stats.hedge_wins == 1
