@@ -14,9 +14,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator,
+                      model_validator)
 
-from .errors import InputError
+from .errors import InputError, redact
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The packages whose versions a run (and a tuned adapter) records: what shaped the result.
@@ -106,6 +107,11 @@ class TeacherConfig(_Section):
             raise ValueError(f'mode = "batch" is the OpenAI Batch API and needs backend = "openai" '
                              f'(got backend = "{self.backend}")')
         return self
+
+    @field_serializer("base_url")
+    def _without_credentials(self, url: str) -> str:
+        """What a manifest, a report or an error shows: never a key inside the URL."""
+        return redact(url)
 
 
 class BootstrapConfig(_Section):
@@ -321,6 +327,10 @@ class RunConfig(_Section):
         """Hash of the settings that decide what a run produces. Run ids, paths, budgets, prices and connection
         settings (concurrency, hedging, timeouts, retries, batch polling and sizes) may change between a run and
         its resume; nothing else may."""
+        return hashlib.sha256(json.dumps(self.fingerprint_data(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def fingerprint_data(self) -> dict:
+        """The part of the config that ``fingerprint`` hashes."""
         data = self.model_dump(mode="json")
         for key in ("run_id", "output_dir", "budget", "prices"):
             data.pop(key, None)
@@ -331,7 +341,7 @@ class RunConfig(_Section):
         # when it is "batch", so the runs started before the mode existed keep their fingerprint.
         if data["teacher"].get("mode") == "online":
             data["teacher"].pop("mode")
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+        return data
 
     def resolve_path(self, p: str) -> Path:
         """Relative paths in a config are relative to the project root, so the demo runs from anywhere."""

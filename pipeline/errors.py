@@ -1,6 +1,15 @@
 """Errors the CLI turns into a one-line message and an exit code: 2 (bad input), 1 (teacher failure), 4 (run locked)."""
 from __future__ import annotations
 
+import re
+
+_URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of any URL in it (``https://user:key@host``) replaced by ``***``."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
 
 class InputError(Exception):
     """Bad user input: a config, seed or data file. Always names the file, line and field."""

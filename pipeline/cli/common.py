@@ -1,14 +1,16 @@
 """What every command shares: the console (stderr), the exit codes and the one-line error messages, the options
 that several commands take, config loading and the progress bars.
 
-Exit codes: 0 complete; 1 teacher failed after retries (resumable); 2 bad input (nothing written); 3 budget reached
-(stopped cleanly, resumable); 4 run directory in use by a live process; 130 interrupted. Nothing prints a
-traceback to the user.
+Exit codes: 0 complete; 1 teacher failed after retries (resumable), or an unexpected error (one line; the
+traceback in a log file, ``report_unexpected``); 2 bad input (nothing written); 3 budget reached (stopped cleanly,
+resumable); 4 run directory in use by a live process; 130 interrupted. Nothing prints a traceback to the user.
 """
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -19,7 +21,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..config import RunConfig, load_config
-from ..errors import InputError, RunLocked, TeacherError
+from ..errors import InputError, RunLocked, TeacherError, redact
+from ..io.files import ReplayMismatch
 from ..teachers.cache import BudgetExhausted
 
 console = Console(stderr=True)
@@ -33,8 +36,29 @@ BaseUrlOpt = typer.Option(None, "--base-url", help="Base URL of an OpenAI-compat
 ForceOpt = typer.Option(False, "--force", help="Resume even though the config differs from the run's.")
 
 
+def report_unexpected(exc: BaseException, run_dir: Path | None = None) -> Path:
+    """An error nobody planned for (disk full, a library's bug, ours): the traceback goes to a log file (in the
+    run directory's ``logs/`` when there is one, else the temporary directory) and one line to the user."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    folder = run_dir / "logs" if run_dir is not None and run_dir.is_dir() else Path(tempfile.gettempdir())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"error-{stamp}-{os.getpid()}.log"
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:  # the disk may be what failed: the traceback then goes to stderr after all
+        path = Path("<stderr>")
+        traceback.print_exception(exc)
+    console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(redact(str(exc)))}; the traceback "
+                  f"is in {path}", highlight=False, soft_wrap=True)
+    return path
+
+
 def fail(exc: Exception) -> None:
     """Bad input exits 2 and a teacher that failed exits 1, each with one line; anything else propagates."""
+    if isinstance(exc, ReplayMismatch):
+        console.print(f"[bold red]error:[/] {escape(str(exc))}; pass --force to restart the stage from its start",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT)
     if isinstance(exc, InputError):
         console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INPUT)
@@ -93,7 +117,7 @@ class RunExits:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
             return False
-        if isinstance(exc, (InputError, TeacherError)):
+        if isinstance(exc, (InputError, TeacherError, ReplayMismatch)):
             if isinstance(exc, TeacherError) and self.run_dir is not None:
                 console.print(f"the run stopped; what it accepted is intact: resume with --out {self.run_dir}")
             fail(exc)
@@ -109,4 +133,7 @@ class RunExits:
             console.print(f"[yellow]interrupted[/]: records written so far are intact; resume with "
                           f"--out {self.run_dir}")
             raise typer.Exit(EXIT_INTERRUPTED)
+        if isinstance(exc, Exception) and not isinstance(exc, (typer.Exit, typer.Abort)):
+            report_unexpected(exc, self.run_dir)
+            raise typer.Exit(EXIT_TEACHER)
         return False

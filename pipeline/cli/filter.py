@@ -19,7 +19,7 @@ from ..config import FilterConfig
 from ..errors import InputError
 from ..filters.chain import filter_records
 from ..io.readers import read_records
-from ..runs.store import FILTER_FILES, write_filter_records, write_filter_stats
+from ..runs.store import FILTER_FILES, write_filter_result
 from .common import EXIT_INTERRUPTED, console, fail, load
 
 
@@ -66,8 +66,6 @@ def filter_command(
 
         with progress:
             result = filter_records(records, cfg, ref, progress=report)
-        n_kept, n_rej = write_filter_records(out, (r.to_dict() for r in result.kept),
-                                             (r.to_dict() for r in result.rejected))
         stats = {
             "input": str(input_path),
             "reference": [str(p) for p in reference or []],
@@ -77,7 +75,8 @@ def filter_command(
             "config": cfg.model_dump(mode="json"),
         }
         stats["timing"]["wall_s"] = round(time.time() - t0, 3)
-        write_filter_stats(out, stats)
+        n_kept, n_rej = write_filter_result(out, (r.to_dict() for r in result.kept),
+                                            (r.to_dict() for r in result.rejected), stats)
     except InputError as e:
         fail(e)
     except KeyboardInterrupt:

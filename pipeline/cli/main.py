@@ -10,6 +10,7 @@ import typer
 
 from . import check_teacher, evolve, inspect, report, run, tune
 from . import eval as eval_cmd
+from .common import report_unexpected
 from . import filter as filter_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -34,5 +35,9 @@ def _setup() -> None:
     signal.signal(signal.SIGTERM, _terminate)
 
 
-def main() -> None:  # pragma: no cover
-    sys.exit(app())
+def main() -> None:
+    try:
+        sys.exit(app())
+    except Exception as e:  # noqa: BLE001 (what no command turned into an exit code: one line and a log file)
+        report_unexpected(e)
+        sys.exit(1)

@@ -7,8 +7,10 @@ see the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,17 +38,37 @@ def drop_torn_tail(path: Path) -> int:
     return data[:end].count(b"\n")
 
 
+class ReplayMismatch(Exception):
+    """A resumed stage produced a row that differs from the one already on disk at that place: appending after it
+    would splice two different runs into one file."""
+
+    def __init__(self, path: Path, row: int):
+        self.path, self.row = path, row
+        super().__init__(f"{path}: row {row} as replayed differs from the row on disk; the run's inputs or code "
+                         "changed since it was written")
+
+
+def _digest(line: str) -> bytes:
+    return hashlib.blake2b(line.encode("utf-8"), digest_size=16).digest()
+
+
 class JsonlWriter:
     """Appends JSON lines; ``write_many`` makes a batch durable before it returns.
 
-    Resumable: a torn last line is dropped on open, and the first ``skip`` rows written are the ones the file
-    already holds (a resumed stage replays from its start and produces them again), so they are not written twice.
+    Resumable: a torn last line is dropped on open, and the first rows written are compared with the ones the
+    file already holds (a resumed stage replays from its start and produces them again): equal, they are not
+    written twice; different, ``ReplayMismatch`` is raised before anything is appended, since the file would
+    otherwise hold the start of one run and the rest of another.
     """
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.skip = drop_torn_tail(path)
+        self._on_disk: list[bytes] = []
+        if self.skip:
+            with open(path, encoding="utf-8") as fh:
+                self._on_disk = [_digest(line) for line in fh]
         self._fh = open(path, "a", encoding="utf-8")
         self.count = 0  # rows of this stage, including those already on disk
 
@@ -54,10 +76,14 @@ class JsonlWriter:
         lines = []
         for r in rows:
             self.count += 1
+            line = _line(r)
             if self.count > self.skip:
-                lines.append(_line(r))
+                lines.append(line)
+            elif _digest(line) != self._on_disk[self.count - 1]:
+                raise ReplayMismatch(self.path, self.count)
         if not lines:
             return
+        self._on_disk = []  # past the replay
         self._fh.write("".join(lines))
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -97,8 +123,68 @@ def _replacing(path: Path, binary: bool = False) -> Iterator[IO]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of a directory (a rename, a new file) durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: a file system or kernel without it
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@contextmanager
+def replacing_dir(path: Path) -> Iterator[Path]:
+    """A new directory to fill that replaces ``path`` as one unit when the block ends without an error (readers
+    see every old file or every new one, never a mix), and is removed when it ends with one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new"))
+    try:
+        yield new
+        for f in new.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        fsync_dir(new)
+        os.chmod(new, 0o755)
+        if path.is_dir() and _exchange(new, path):
+            shutil.rmtree(new)  # now the old contents
+        else:
+            if path.is_dir():  # no atomic exchange here: the old folder steps aside for a moment
+                old = new.with_suffix(".old")
+                os.rename(path, old)
+                os.rename(new, path)
+                shutil.rmtree(old)
+            else:
+                os.rename(new, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
         raise
 
 

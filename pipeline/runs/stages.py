@@ -4,8 +4,11 @@ Each runner takes the open ``Run`` (``runs.store``), feeds the pure stage functi
 ``pipeline.filters.chain``, ``pipeline.train``) and writes what they return into the run, batch by batch.
 
 Resuming: finished stages are skipped; the stage in progress replays from its start with the request cache
-answering every request that already succeeded, and its writers skip the rows already on disk. Replay is exact
-because every random choice is seeded and every sampled request carries its own seed.
+answering every request that already succeeded, and its writers check that each replayed row equals the row on
+disk before they append anything new (``io.files.JsonlWriter``). Replay is exact because every random choice is
+seeded and every sampled request carries its own seed; a resume whose inputs changed (config, seed files,
+templates, package version: ``runs.store.run_inputs``) is refused, and ``--force`` moves the unfinished stages'
+files to ``<run>/attempts/`` and runs those stages from nothing.
 
 Evolve: each round's candidates that pass elimination go through the filter chain (``evolve.final_filter``) before
 they are written, with the input tasks and every evolved record accepted in earlier rounds as the reference pool;
@@ -36,7 +39,7 @@ from ..teachers.engine import gather_or_cancel
 from ..train.evaluate import evaluate
 from ..train.tune import has_checkpoint, train
 from .read import resolve_dataset, resolve_tune_dir
-from .store import DATASET_FILES, EVAL_DIR, TUNE_DIR, Run, run_session
+from .store import DATASET_FILES, EVAL_DIR, TUNE_DIR, Run, is_done, run_session
 
 STAGE_ORDER = ["bootstrap", "evolve", "filter", "export", "tune", "eval"]
 TEACHER_STAGES = {"bootstrap", "evolve"}
@@ -214,10 +217,18 @@ def run_eval_stage(run: Run, progress: Progress = no_progress) -> None:
     """The "eval" stage of ``pipeline run``: ``<run>/tune`` against its base model, into ``<run>/eval``."""
     t0 = time.time()
     tune_dir = resolve_tune_dir(run.dir)
-    table = evaluate(tune_dir, run.dir / EVAL_DIR, run.cfg.eval, run.cfg.teacher, progress)
+    judges = []
+
+    def judge_factory():  # the judge's requests go through the run's cache and budget, and into the manifest
+        judges.append(run.open_teacher())
+        return judges[-1]
+
+    table = evaluate(tune_dir, run.dir / EVAL_DIR, run.cfg.eval, run.cfg.teacher, progress,
+                     judge_factory=judge_factory)
+    usage = {"usage": judges[0].usage.as_dict(), "teacher_model": judges[0].model_name} if judges else {}
     run.record_stage("eval", table["examples"], Counter(), time.time() - t0,
                      base=table["base"], tuned=table["tuned"], rouge_l_wins=table["rouge_l_wins"],
-                     judge=table["judge"],
+                     judge=table["judge"], **usage,
                      files={"table_json": "eval/eval_table.json", "table_md": "eval/eval_table.md",
                             "generations": "eval/generations.jsonl"})
 
@@ -232,10 +243,16 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
     wanted = stages or list(cfg.stages)
     stages = [s for s in STAGE_ORDER if s in wanted]
     seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
-    with run_session(cfg, run_dir, config_path, force=force, need_teacher=bool(TEACHER_STAGES & set(stages)),
+    # The teacher (a model in memory, a GPU engine) is built only when a stage that still has to run needs it.
+    need_teacher = any(s in TEACHER_STAGES and not is_done(run_dir, s) for s in stages)
+    with run_session(cfg, run_dir, config_path, force=force, need_teacher=need_teacher,
                      progress=progress) as (run, teacher):
         run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
                                  "paths": [str(cfg.resolve_path(p).resolve()) for p in cfg.seed_files]}
+        if force:  # a forced resume restarts every unfinished stage from nothing, never appends to its files
+            for stage in stages:
+                if not run.is_done(stage):
+                    run.set_aside(stage)
         together = [s for s in ("bootstrap", "evolve") if s in stages and not run.is_done(s)]
         if len(together) == 2 and cfg.evolve.source == "seeds":
             # Neither needs the other's output: run both at once on the one engine, so the teacher is kept busy
@@ -259,8 +276,12 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
             elif stage == "export":
                 run_export(run, progress)
             elif stage == "tune":
+                if teacher is not None:
+                    teacher.close()  # generation is over: its model leaves the GPU before training needs it
                 run_tune_stage(run, progress)
             elif stage == "eval":
+                if teacher is not None:
+                    teacher.close()
                 run_eval_stage(run, progress)
             run.mark_done(stage)
     return run.manifest
@@ -286,6 +307,8 @@ def evolve_file(cfg: RunConfig, run_dir: Path, in_file: Path, records: list[Reco
         run.manifest["input"] = {"file": str(in_file), "sha256": digest, "records": len(records),
                                  "tasks": len({r.task_id or r.id for r in records})}
         if not run.is_done(evolve.STAGE):
+            if force:
+                run.set_aside(evolve.STAGE)
             run_evolve(run, teacher, records, progress)
             run.mark_done(evolve.STAGE)
     return run.manifest

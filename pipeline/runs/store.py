@@ -5,7 +5,8 @@ bootstrap, evolve, filter); ``dataset/train.jsonl`` (Alpaca), ``dataset/messages
 ``dataset/README.md`` (the card); ``tune/`` and ``eval/``; ``report.html``; ``cache.sqlite`` (every paid
 completion); ``batches/`` (``teacher.mode = "batch"``: the Batch API's ledger, the batch input files and the
 downloaded results, kept by ``teachers.batch``); ``<stage>/.done`` once a stage has finished; ``.lock`` while a
-process works on it. The folder
+process works on it; ``attempts/<session>/`` what unfinished stages had written when a forced resume restarted
+them. The folder
 ``pipeline filter --out DIR`` writes is a flat one: ``kept.jsonl``, ``rejected.jsonl``, ``stats.json``.
 
 ``run_session`` opens (or resumes) a run under its lock with the request cache and the budget in front of the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -27,7 +29,9 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..config import PROJECT_ROOT, RunConfig, package_versions
 from ..errors import InputError, RunLocked
-from ..io.files import JsonlWriter, write_json_atomic, write_jsonl_atomic
+from .. import __version__
+from ..io.files import JsonlWriter, fsync_dir, replacing_dir, write_json_atomic, write_jsonl_atomic
+from ..prompts import template_hashes
 from ..progress import Progress, no_progress
 from ..teachers import Engine, make_backend, make_engine
 from ..teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spent
@@ -40,6 +44,8 @@ DATASET_FILES = {"alpaca": f"{DATASET_DIR}/train.jsonl", "messages": f"{DATASET_
 CARD = f"{DATASET_DIR}/README.md"
 REPORT = "report.html"
 TUNE_DIR, EVAL_DIR = "tune", "eval"
+ATTEMPTS = "attempts"  # what unfinished stages had written before a forced resume restarted them
+STAGE_DIRS = {"export": DATASET_DIR}  # the folder each stage writes, where it is not named after the stage
 FILTER_FILES = {"kept": "kept.jsonl", "rejected": "rejected.jsonl"}  # also the flat ``pipeline filter --out DIR``
 FILTER_STATS = "stats.json"
 _PROTECTED = ["pipeline", "prompts", "seed_tasks", "configs", "tests", "bench", ".git", ".ci"]
@@ -77,6 +83,58 @@ def check_output_dir(run_dir: Path) -> None:
     if run_dir.is_dir() and any(run_dir.iterdir()) and not (run_dir / MANIFEST).exists():
         raise InputError(str(run_dir), "is a non-empty directory that holds no run (no manifest.json); "
                          "choose a new directory")
+
+
+def run_inputs(cfg: RunConfig) -> dict[str, Any]:
+    """What decides a run's output besides the code's own logic: the config's fingerprint, the content hash of
+    every seed file, the hash of every prompt template and the package version. Resuming with any of them changed
+    would splice two different trajectories into one run."""
+    seeds = {}
+    for p in cfg.seed_files:
+        path = cfg.resolve_path(p)
+        seeds[p] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return {"config": cfg.fingerprint(), "seeds": seeds, "templates": template_hashes(), "version": __version__}
+
+
+def inputs_fingerprint(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def what_changed(manifest: dict, cfg: RunConfig, inputs: dict[str, Any]) -> list[str]:
+    """The inputs that differ between a run's manifest and now, in words."""
+    old = manifest.get("inputs")
+    if not isinstance(old, dict):
+        return ["the run was started by an earlier version of the pipeline, which did not record its inputs"]
+    changed = []
+    if old.get("config") != inputs["config"]:
+        try:
+            before = _flat(RunConfig.model_validate(manifest.get("config") or {}).fingerprint_data())
+        except Exception:  # noqa: BLE001 (a config the present code cannot read at all)
+            before = {}
+        now = _flat(cfg.fingerprint_data())
+        keys = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        changed.append("config " + (", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "") if keys else "settings"))
+    for name, digest in inputs["seeds"].items():
+        if (old.get("seeds") or {}).get(name) != digest:
+            changed.append(f"seed file {name}")
+    for name in sorted((old.get("seeds") or {}).keys() - inputs["seeds"].keys()):
+        changed.append(f"seed file {name} (no longer listed)")
+    t_old, t_new = old.get("templates") or {}, inputs["templates"]
+    templates = sorted(k for k in t_old.keys() | t_new.keys() if t_old.get(k) != t_new.get(k))
+    if templates:
+        changed.append("prompt templates " + ", ".join(templates))
+    if old.get("version") != inputs["version"]:
+        changed.append(f"package version {old.get('version')} -> {inputs['version']}")
+    return changed or ["the inputs' fingerprint"]
 
 
 class RunLock:
@@ -138,6 +196,8 @@ class Run:
         self.cfg, self.dir, self.manifest = cfg, run_dir, manifest
         self.started = time.time()
         self.lock = RunLock(run_dir)
+        self.resuming, self._created = False, False
+        self.open_teacher: Callable[[], Engine] | None = None  # set by run_session
 
     @classmethod
     def open(cls, cfg: RunConfig, run_dir: Path, config_path: str | None = None, force: bool = False,
@@ -145,6 +205,8 @@ class Run:
         """Start a new run in ``run_dir``, or resume the run it holds. ``check(manifest)`` may refuse to resume (by
         raising) before anything is written."""
         check_output_dir(run_dir)
+        inputs = run_inputs(cfg)
+        fingerprint = inputs_fingerprint(inputs)
         manifest_path = run_dir / MANIFEST
         resuming = manifest_path.exists()
         if resuming:
@@ -152,38 +214,52 @@ class Run:
                 manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as e:
                 raise InputError(str(manifest_path), f"unreadable manifest ({e}); cannot resume") from None
-            old = manifest.get("fingerprint")
-            if old != cfg.fingerprint() and not force:
-                raise InputError(str(manifest_path), f"the config differs from the one this run started with "
-                                 f"(fingerprint {old} != {cfg.fingerprint()}); resume with the same config, "
-                                 "or pass --force", field="fingerprint")
+            changed = [] if manifest.get("fingerprint") == fingerprint else what_changed(manifest, cfg, inputs)
+            if changed and not force:
+                raise InputError(str(manifest_path), "cannot resume: changed since the run started: "
+                                 + "; ".join(changed) + ". Resume with what it started with, or pass --force to "
+                                 "restart its unfinished stages from their start", field="fingerprint")
             if check is not None:
                 check(manifest)
             manifest["config"] = cfg.model_dump(mode="json")
-            manifest["fingerprint"] = cfg.fingerprint()
+            manifest["fingerprint"], manifest["inputs"] = fingerprint, inputs
         else:
             manifest = {
                 "run_id": run_dir.name,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "config_path": config_path,
-                "fingerprint": cfg.fingerprint(),
+                "fingerprint": fingerprint,
+                "inputs": inputs,
                 "config": cfg.model_dump(mode="json"),
                 "versions": package_versions(),
                 "stages": {},
                 "sessions": [],
             }
+        created = not run_dir.exists()
         run_dir.mkdir(parents=True, exist_ok=True)
         run = cls(cfg, run_dir, manifest)
+        run.resuming, run._created = resuming, created
         if not run.lock.acquire():
             raise RunLocked(f"{run_dir} is in use by another live process (pid {run.lock.holder()}); "
                             "wait for it to finish")
-        manifest.setdefault("sessions", []).append({
+        return run
+
+    def begin(self, config_path: str | None = None) -> None:
+        """Start this session in the manifest (the first write of a new run)."""
+        self.manifest.setdefault("sessions", []).append({
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "resumed": resuming,
+            "resumed": self.resuming,
             "config_path": config_path,
         })
-        run.save_manifest(status="running")
-        return run
+        self.save_manifest(status="running")
+
+    def abandon(self) -> None:
+        """Give the run up before its session began (bad input found under the lock): release the lock, and
+        remove the directory if this session created it, so a refused start leaves nothing behind."""
+        self.lock.release()
+        if self._created and {p.name for p in self.dir.iterdir()} <= {LOCK}:
+            (self.dir / LOCK).unlink(missing_ok=True)
+            self.dir.rmdir()
 
     @property
     def session(self) -> dict:
@@ -198,6 +274,19 @@ class Run:
 
     def is_done(self, stage: str) -> bool:
         return is_done(self.dir, stage)
+
+    def set_aside(self, stage: str) -> Path | None:
+        """Move what an unfinished stage wrote so far to ``<run>/attempts/<session>/``, so that the stage starts
+        again from nothing (``--force``: never append to a file another trajectory began). Returns where it went,
+        None when the stage had written nothing."""
+        src = self.dir / STAGE_DIRS.get(stage, stage)
+        if not src.exists():
+            return None
+        dest = self.dir / ATTEMPTS / str(len(self.manifest["sessions"])) / src.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(src, dest)
+        fsync_dir(self.dir)
+        return dest
 
     def mark_done(self, stage: str) -> None:
         write_json_atomic(self.dir / stage / DONE, {"finished_at": datetime.now(timezone.utc).isoformat()})
@@ -238,6 +327,16 @@ class Run:
         self.lock.release()
 
 
+def price_for_budget(cfg: RunConfig) -> None:
+    """A cost budget needs the teacher model's price: without one it could never be enforced, so the run is
+    refused before it starts."""
+    if cfg.budget.max_cost_usd is None or not cfg.teacher.model or cfg.prices.get(cfg.teacher.model):
+        return
+    raise InputError("config", f"budget.max_cost_usd is set but the teacher model {cfg.teacher.model!r} has no "
+                     f'price: add [prices."{cfg.teacher.model}"] with input_per_mtok and output_per_mtok (USD per '
+                     "million tokens), or remove the cost budget", field="prices")
+
+
 def _budget(cfg: RunConfig, model_name: str) -> Budget:
     """The run's budget, at the prices of the way the teacher is asked (``Price.rates``: the Batch API's in batch
     mode). A run that changed mode on a forced resume is costed at the current mode's prices."""
@@ -260,17 +359,33 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
     A body that raises BudgetExhausted ends "budget_exhausted", KeyboardInterrupt "interrupted", anything else
     "failed" (with ``stopped_because``); the exception propagates to the CLI, which maps it to an exit code.
     """
-    # The backend touches its state directory only once it sends, which is after the run is open and locked.
-    backend = make_backend(cfg.teacher, run_dir / BATCHES, progress) if need_teacher else None
+    # The lock first: a second nightly process is told "in use" before it loads a model or takes GPU memory.
+    run = Run.open(cfg, run_dir, config_path, force=force, check=check)
+    backend = None
     try:
-        run = Run.open(cfg, run_dir, config_path, force=force, check=check)
+        price_for_budget(cfg)
+        # The backend touches its state directory only once it sends.
+        backend = make_backend(cfg.teacher, run_dir / BATCHES, progress) if need_teacher else None
+        budget = _budget(cfg, backend.model_name if backend else "")
+        run.begin(config_path)
     except BaseException:
         if backend is not None:
             asyncio.run(backend.aclose())
+        run.abandon()
         raise
-    budget = _budget(cfg, backend.model_name if backend else "")
     cache = RequestCache(run.dir / CACHE)
     teacher = make_engine(cfg.teacher, cache, budget, backend) if backend is not None else None
+    extra: list[Engine] = []
+
+    def open_teacher() -> Engine:
+        """Another engine on this session's cache and budget (the eval stage's judge, built after the
+        generating teacher was released)."""
+        price_for_budget(cfg)
+        engine = make_engine(cfg.teacher, cache, _budget(cfg, cfg.teacher.model),
+                             make_backend(cfg.teacher, run.dir / BATCHES, progress))
+        extra.append(engine)
+        return engine
+    run.open_teacher = open_teacher
     status = "failed"
     try:
         yield run, teacher
@@ -286,28 +401,39 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         run.manifest["stopped_because"] = f"{type(e).__name__}: {e}"
         raise
     finally:
-        if teacher is not None:
-            run.session["usage"] = teacher.usage.as_dict()
+        engines = [e for e in (teacher, *extra) if e is not None]
+        if engines:
+            usage = engines[0].usage.as_dict()
+            for e in engines[1:]:  # the judge's requests count with the teacher's
+                for k, v in e.usage.as_dict().items():
+                    if isinstance(v, (int, float)) and isinstance(usage.get(k), (int, float)):
+                        usage[k] += v
+            run.session["usage"] = usage
         run.manifest["spent"] = describe_spent(cache.spent(), budget)
         run.manifest["tokens"] = {"prompt": run.manifest["spent"]["prompt_tokens"],
                                   "completion": run.manifest["spent"]["completion_tokens"]}
         if status == "complete":
             run.manifest.pop("stopped_because", None)
         run.save_manifest(status=status)
-        if teacher is not None:
-            teacher.close()
+        for e in engines:
+            e.close()
         cache.close()
         run.close()
 
 
-def write_filter_records(out: Path, kept: Iterable[dict[str, Any]], rejected: Iterable[dict[str, Any]]
-                         ) -> tuple[int, int]:
-    """``pipeline filter``'s result: ``DIR/kept.jsonl`` and ``DIR/rejected.jsonl``, each replaced whole (an
-    earlier result in DIR is replaced, or left as it was). Returns the rows of each."""
-    out.mkdir(parents=True, exist_ok=True)
-    return (write_jsonl_atomic(out / FILTER_FILES["kept"], kept),
-            write_jsonl_atomic(out / FILTER_FILES["rejected"], rejected))
-
-
-def write_filter_stats(out: Path, stats: dict[str, Any]) -> None:
-    write_json_atomic(out / FILTER_STATS, stats)
+def write_filter_result(out: Path, kept: Iterable[dict[str, Any]], rejected: Iterable[dict[str, Any]],
+                        stats: dict[str, Any]) -> tuple[int, int]:
+    """``pipeline filter``'s result: ``DIR/kept.jsonl``, ``DIR/rejected.jsonl`` and ``DIR/stats.json``, written into
+    a new folder that then replaces DIR as one unit (an earlier result in DIR is replaced whole, or left whole).
+    Returns the rows of kept and rejected. A DIR holding anything else is refused."""
+    ours = {*FILTER_FILES.values(), FILTER_STATS}
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if other:
+            raise InputError(str(out), f"holds files that are not a filter result ({', '.join(other[:3])}); "
+                             "use a new or empty directory", field="--out")
+    with replacing_dir(out) as new:
+        counts = (write_jsonl_atomic(new / FILTER_FILES["kept"], kept),
+                  write_jsonl_atomic(new / FILTER_FILES["rejected"], rejected))
+        write_json_atomic(new / FILTER_STATS, {**stats, "kept": counts[0], "rejected": counts[1]})
+    return counts

@@ -30,6 +30,7 @@ class Spent:
     requests: int
     prompt_tokens: int
     completion_tokens: int
+    billed_failures: int = 0  # of the requests: tries that failed after the server may have done (and billed) the work
 
 
 class RequestCache:
@@ -42,6 +43,10 @@ class RequestCache:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS completions (key TEXT PRIMARY KEY, text TEXT NOT NULL, "
                          "finish_reason TEXT NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER)")
+        # Tries that failed after the server may have done the work (a timeout, a body cut short or garbled): a
+        # paid API bills them, so the budget counts them, at their prompt's size and the most they could generate.
+        self._db.execute("CREATE TABLE IF NOT EXISTS billed_failures (key TEXT NOT NULL, kind TEXT NOT NULL, "
+                         "prompt_tokens INTEGER, completion_tokens INTEGER)")
         self.max_pending, self.max_delay_s = max_pending, max_delay_s
         self.pending = 0  # answers stored but not yet committed
         self._oldest = 0.0
@@ -53,11 +58,17 @@ class RequestCache:
         return None if row is None else Completion(*row)
 
     def put(self, key: str, c: Completion) -> None:
+        self._write("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
+                    (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
+
+    def put_billed_failure(self, key: str, kind: str, prompt_tokens: int, completion_tokens: int) -> None:
+        self._write("INSERT INTO billed_failures VALUES (?, ?, ?, ?)", (key, kind, prompt_tokens, completion_tokens))
+
+    def _write(self, sql: str, params: tuple) -> None:
         if not self.pending:
             self._db.execute("BEGIN")
             self._oldest = time.monotonic()
-        self._db.execute("INSERT OR REPLACE INTO completions VALUES (?, ?, ?, ?, ?)",
-                         (key, c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens))
+        self._db.execute(sql, params)
         self.pending += 1
         if self.pending >= self.max_pending or time.monotonic() - self._oldest >= self.max_delay_s:
             self.flush()
@@ -70,9 +81,12 @@ class RequestCache:
             self.commits += 1
 
     def spent(self) -> Spent:
-        n, p, c = self._db.execute("SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
-                                   "COALESCE(SUM(completion_tokens), 0) FROM completions").fetchone()
-        return Spent(n, p, c)
+        """Everything the run paid for: the answers, and the failed tries a server may have billed."""
+        totals = [self._db.execute(f"SELECT COUNT(*), COALESCE(SUM(prompt_tokens), 0), "
+                                   f"COALESCE(SUM(completion_tokens), 0) FROM {table}").fetchone()
+                  for table in ("completions", "billed_failures")]
+        (n, p, c), (fn, fp, fc) = totals
+        return Spent(n + fn, p + fp, c + fc, fn)
 
     def close(self) -> None:
         self.flush()
@@ -109,7 +123,8 @@ class Budget:
 
 def describe_spent(spent: Spent, budget: Budget) -> dict:
     cost = budget.cost(spent)
-    return {"requests": spent.requests, "prompt_tokens": spent.prompt_tokens,
+    return {"requests": spent.requests, "billed_failures": spent.billed_failures,
+            "prompt_tokens": spent.prompt_tokens,
             "completion_tokens": spent.completion_tokens,
             "cost_usd": round(cost, 6) if cost is not None else "unknown (no price for this model)"}
 

@@ -43,6 +43,9 @@ from .base import REFUSED, Backend, ChatRequest, Completion, OnResult, Refused, 
 from .cache import Budget, BudgetExhausted, RequestCache, Spent
 
 T = TypeVar("T")
+# Failed tries after which the server may have done, and billed, the work: it answered too late, or its answer was
+# cut short or unreadable. Refusals, 429/5xx and connection errors are not billed.
+BILLED_FAILURES = frozenset({"timeout", "truncated", "malformed_response"})
 # A hedge (the duplicate of a straggler) takes the next free slot before every waiting request.
 HEDGE_PRIORITY = 1 << 30
 # Copies of one request at most: a hedge can straggle too, and then the request gets a third.
@@ -285,6 +288,7 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._closed = False
 
     def flush(self) -> None:
         """Make every answer received so far durable (the cache commits in groups). The run calls it before it
@@ -345,7 +349,7 @@ class Engine:
             if self.cache.pending and self._flush_timer is None:  # commit a lone answer soon, not at the next put
                 self._flush_timer = asyncio.get_running_loop().call_later(self.cache.max_delay_s, self.flush)
         self._spent = Spent(self._spent.requests + 1, self._spent.prompt_tokens + c.prompt_tokens,
-                            self._spent.completion_tokens + c.completion_tokens)
+                            self._spent.completion_tokens + c.completion_tokens, self._spent.billed_failures)
         self.usage.add(c)
         self.stage_usage().add(c)
         self.stats.sent += 1
@@ -431,9 +435,22 @@ class Engine:
             return c
         except Transient as e:
             congestion = e.congestion
+            if e.kind in BILLED_FAILURES:
+                self._billed_failure(req, e.kind)
             raise
         finally:
             await self.limit.release(latency, congestion, kind, epoch)
+
+    def _billed_failure(self, req: ChatRequest, kind: str) -> None:
+        """Count a failed try the server may have billed (``BILLED_FAILURES``) in the budget, at the prompt's
+        size (4 characters a token) and the most it could have generated: over-counting stops a night early,
+        under-counting overspends."""
+        prompt = sum(len(m.get("content") or "") for m in req.messages if isinstance(m.get("content"), str)) // 4
+        completion = req.decoding.max_tokens or 0
+        self._spent = Spent(self._spent.requests + 1, self._spent.prompt_tokens + prompt,
+                            self._spent.completion_tokens + completion, self._spent.billed_failures + 1)
+        if self.cache is not None:
+            self.cache.put_billed_failure(req.key(self.backend_name, self.model_name), kind, prompt, completion)
 
     def _hedge_delay(self, kind: str, quiet: bool = False) -> float | None:
         """How long a copy of a request of this kind may take before the next copy is sent (see
@@ -534,6 +551,11 @@ class Engine:
         return self.run(gather_or_cancel(one(i, r) for i, r in enumerate(requests)))
 
     def close(self, close_backend: bool = True) -> None:
+        """Stop the engine's loop and release the backend (its model, its GPU memory, its connections). Closing
+        again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         if self._loop is None:
             if close_backend:
                 asyncio.run(self.backend.aclose())

@@ -25,9 +25,10 @@ from typing import Any
 
 import aiohttp
 import openai
+import yarl
 
 from ..config import TeacherConfig
-from ..errors import InputError, TeacherError
+from ..errors import InputError, TeacherError, redact
 from .base import ChatRequest, Completion, Refused, Transient
 from .options import openai_body, structured_mode
 
@@ -83,13 +84,24 @@ class OpenAIBackend:
         self.structured = structured_mode(cfg)  # "json_schema", "grammar" or "off"
         self._auto_structured = cfg.structured == "auto"
         self._api_key, self._pool_size = api_key, pool_size
-        self._url = (cfg.base_url or OPENAI_BASE_URL).rstrip("/") + "/chat/completions"
-        self._where = cfg.base_url or "api.openai.com"
+        # Credentials inside the URL (a server behind HTTP basic auth) leave the URL: they become the basic-auth
+        # header when no API key is configured, and appear nowhere else.
+        base = yarl.URL(cfg.base_url or OPENAI_BASE_URL)
+        self._auth = f"Bearer {api_key}"
+        if base.user is not None:
+            if not cfg.api_key_env:
+                self._auth = aiohttp.BasicAuth(base.user, base.password or "").encode()
+                self._secret = base.password or base.user
+            base = base.with_user(None)
+        self._base_url = str(base).rstrip("/")
+        self._url = self._base_url + "/chat/completions"
+        self._where = redact(cfg.base_url) or "api.openai.com"
         self._session: aiohttp.ClientSession | None = None
         self._client: openai.AsyncOpenAI | None = None
 
     def redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text  # servers echo keys in error text
+        """Error text without the API key (servers echo keys) or credentials inside a URL."""
+        return redact(text.replace(self._secret, "***") if self._secret else text)
 
     def _session_now(self) -> aiohttp.ClientSession:
         """One session (one connection pool) for the whole run, made inside the engine's event loop."""
@@ -97,13 +109,13 @@ class OpenAIBackend:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._pool_size, limit_per_host=self._pool_size),
                 timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
-                headers={"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"})
+                headers={"Authorization": self._auth, "Content-Type": "application/json"})
         return self._session
 
     def client(self) -> openai.AsyncOpenAI:
         """The ``openai`` SDK client, for the low-volume endpoints (the Batch API's files and batches)."""
         if self._client is None:
-            self._client = openai.AsyncOpenAI(base_url=self.cfg.base_url or None, api_key=self._api_key,
+            self._client = openai.AsyncOpenAI(base_url=self._base_url if self.cfg.base_url else None, api_key=self._api_key,
                                               max_retries=0, timeout=self.cfg.timeout_s)
         return self._client
 
@@ -159,7 +171,7 @@ class OpenAIBackend:
         except asyncio.TimeoutError:
             raise Transient("timeout", f"no answer within {self.cfg.timeout_s:g} s") from None
         except aiohttp.ClientPayloadError as e:  # a body cut short
-            raise Transient("connection", self.redact(f"truncated response: {e}")) from None
+            raise Transient("truncated", self.redact(f"truncated response: {e}")) from None
         except aiohttp.ClientError as e:  # resets, refused connections, disconnects
             raise Transient("connection", self.redact(f"{type(e).__name__}: {e}")) from None
         if status != 200:

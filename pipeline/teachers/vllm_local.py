@@ -7,6 +7,7 @@ so the engine keeps deciding and writing meanwhile. Not testable without a GPU: 
 from __future__ import annotations
 
 import asyncio
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 from ..config import TeacherConfig
@@ -112,4 +113,21 @@ class VLLMBackend:
         return await fut
 
     async def aclose(self) -> None:
+        """Stop the worker and free the engine's GPU memory, so that tuning can have it (``pipeline run`` closes
+        the teacher before its tune and eval stages)."""
         self._worker.shutdown(wait=True)
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
+        if callable(shutdown):  # vLLM's V1 engine runs a core process: stop it
+            shutdown()
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass

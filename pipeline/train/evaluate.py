@@ -192,10 +192,12 @@ def markdown_table(table: dict[str, Any]) -> str:
 
 
 def evaluate(tune_dir: Path, out_dir: Path, ecfg: EvalConfig, teacher_cfg: TeacherConfig | None = None,
-             progress: Progress = no_progress, judge=None) -> dict[str, Any]:
+             progress: Progress = no_progress, judge=None, judge_factory=None) -> dict[str, Any]:
     """Evaluate base against tuned on the held-out rows of ``tune_dir``; returns the table (also written).
 
-    ``judge``: a teacher object to use instead of building one from ``teacher_cfg`` (when ``ecfg.judge``)."""
+    ``judge``: a teacher object to use instead of building one from ``teacher_cfg`` (when ``ecfg.judge``);
+    ``judge_factory``: a function that builds it, called once the answers are generated (``pipeline run`` passes
+    one that puts the run's request cache and budget in front of the judge); evaluate closes what it built."""
     t0 = time.time()
     tune_dir, out_dir = Path(tune_dir), Path(out_dir)
     meta_path = tune_dir / "tune_meta.json"
@@ -218,7 +220,7 @@ def evaluate(tune_dir: Path, out_dir: Path, ecfg: EvalConfig, teacher_cfg: Teach
         raise InputError(str(base_dir), "base model directory not found (recorded in tune_meta.json)")
 
     teacher = None
-    if ecfg.judge and judge is None:  # fail on a bad teacher config before the slow part
+    if ecfg.judge and judge is None and judge_factory is None:  # a bad teacher config fails before the slow part
         teacher = judge = make_teacher(teacher_cfg or TeacherConfig())
     try:
         import torch
@@ -267,6 +269,8 @@ def evaluate(tune_dir: Path, out_dir: Path, ecfg: EvalConfig, teacher_cfg: Teach
         judge_summary = None
         if ecfg.judge:
             progress(STAGE, total, total, {"judge": "..."})
+            if judge is None:  # built only now: the student models have left memory
+                teacher = judge = judge_factory()
             verdicts = judge_pairs(judge, rows, ecfg.judge_decoding, ecfg.seed)
             for row, v in zip(rows, verdicts):
                 row["judge"] = v

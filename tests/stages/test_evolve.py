@@ -448,24 +448,26 @@ def check_evolve_run(run: Path, items: int, rounds: int) -> tuple[list[dict], li
     return kept, rejected, manifest
 
 
-# Short replies keep the default-suite real run quick (a cut reply is just a counted failure).
-SMALL = ("--set", "evolve.answer_decoding.max_tokens=120", "--set", "evolve.rewrite_decoding.max_tokens=120")
+# Short replies keep the default-suite real run quick (a cut reply is just a counted failure); long enough, with 8
+# items, that the 135M model gets at least one evolved record through elimination and the filter chain.
+SMALL = ("--set", "evolve.answer_decoding.max_tokens=160", "--set", "evolve.rewrite_decoding.max_tokens=160")
 
 
 def test_real_embedded_evolve_run_writes_lineage_and_stats(tmp_path):
     run = tmp_path / "evolve"
-    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "1", "--max-items", "3",
+    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "1", "--max-items", "8",
                 *SMALL)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "pass rate" in r.stderr and "kept after the filter chain" in r.stderr
-    kept, rejected, manifest = check_evolve_run(run, items=3, rounds=1)
-    assert len(kept) + len(rejected) >= 3  # every item was tried: kept, eliminated or filtered
+    kept, rejected, manifest = check_evolve_run(run, items=8, rounds=1)
+    assert len(kept) + len(rejected) >= 8  # every item was tried: kept, eliminated or filtered
+    assert len(kept) >= 1, [r["reason"] for r in rejected]  # a run that keeps nothing proves nothing
     assert manifest["stages"]["evolve"]["teacher_model"] == "SmolLM2-135M-Instruct.Q4_1"
     assert manifest["input"]["file"] == str(OUR_SEEDS) and len(manifest["input"]["sha256"]) == 64
     assert (run / "evolve" / ".done").exists() and (run / "cache.sqlite").exists()
     # The same command again finds the stage done: nothing is written twice.
     before = (run / "evolve" / "kept.jsonl").read_text(), (run / "evolve" / "rejected.jsonl").read_text()
-    again = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "1", "--max-items", "3",
+    again = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "1", "--max-items", "8",
                     *SMALL)
     assert again.returncode == 0, again.stderr[-2000:]
     assert before == ((run / "evolve" / "kept.jsonl").read_text(), (run / "evolve" / "rejected.jsonl").read_text())
@@ -473,7 +475,7 @@ def test_real_embedded_evolve_run_writes_lineage_and_stats(tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text('{"instruction": "Name a planet.", "output": "Mars"}\n')
     manifest_before = (run / "manifest.json").read_bytes()
-    r = run_cli("evolve", str(other), "--out", str(run), "--rounds", "1", "--max-items", "3",
+    r = run_cli("evolve", str(other), "--out", str(run), "--rounds", "1", "--max-items", "8",
                 *SMALL)
     assert r.returncode == 2 and "differs from the input" in r.stderr
     assert (run / "manifest.json").read_bytes() == manifest_before  # refused before anything was written
@@ -490,11 +492,11 @@ def test_evolve_bad_input_exits_2_naming_the_file(tmp_path):
 @pytest.mark.slow
 def test_real_embedded_two_rounds_whole_output_clean(tmp_path):
     run = tmp_path / "evolve"
-    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "2", "--max-items", "6", *SMALL,
+    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "2", "--max-items", "8", *SMALL,
                 timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
-    kept, rejected, _ = check_evolve_run(run, items=6, rounds=2)
-    assert len({r["id"] for r in kept}) == len(kept)
+    kept, rejected, _ = check_evolve_run(run, items=8, rounds=2)
+    assert len(kept) >= 1 and len({r["id"] for r in kept}) == len(kept)
     for rec in kept:
         if rec["round"] == 2 and rec["parent_id"] != rec["root_id"]:
             assert rec["parent_id"] == f"{rec['root_id']}-r1"
@@ -504,7 +506,8 @@ def test_real_embedded_two_rounds_whole_output_clean(tmp_path):
 def test_real_llama_server_evolve_run(tmp_path, llama_server):
     run = tmp_path / "evolve"
     config = Path(__file__).resolve().parents[2] / "configs" / "llamacpp_server.toml"
-    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "1", "--max-items", "3",
+    r = run_cli("evolve", str(OUR_SEEDS), "--out", str(run), "--rounds", "1", "--max-items", "8", *SMALL,
                 "--config", str(config), "--base-url", llama_server, "--set", "teacher.concurrency=2")
     assert r.returncode == 0, r.stderr[-3000:]
-    check_evolve_run(run, items=3, rounds=1)
+    kept, _, _ = check_evolve_run(run, items=8, rounds=1)
+    assert len(kept) >= 1
