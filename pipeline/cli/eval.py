@@ -1,7 +1,8 @@
 """``pipeline eval``: the base model against the tuned adapter on the held-out split of ``pipeline tune``.
 
 Settings come from the ``[eval]`` section of a run config (``--config``), ``--set`` overrides and the named flags
-below (flags win); the judge is the configured teacher.
+below (flags win); the judge is the configured teacher, behind a request cache in the output directory
+(``judge_cache.sqlite``) and the config's budget; its usage is in the eval table.
 """
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import typer
 
 from ..errors import InputError, TeacherError
 from ..runs.read import default_eval_dir, resolve_tune_dir
+from ..runs.store import budget_for, price_for_budget
+from ..teachers import make_backend, make_engine
+from ..teachers.cache import BudgetExhausted, RequestCache
 from ..train.evaluate import evaluate, markdown_table
-from .common import EXIT_INTERRUPTED, console, fail, load, training_bars
+from .common import EXIT_BUDGET, EXIT_INTERRUPTED, console, fail, load, training_bars
 from .tune import ConfigOpt, SetOpt
 
 
@@ -38,10 +42,26 @@ def eval_command(
         tune_dir = resolve_tune_dir(source)
         out_dir = out or default_eval_dir(tune_dir)
         bars = training_bars()
-        with bars.progress:
-            table = evaluate(tune_dir, out_dir, cfg.eval, cfg.teacher, progress=bars)
+        if cfg.eval.judge:
+            price_for_budget(cfg)  # before the slow part
+        caches = []
+
+        def judge_factory():  # the judge's answers are cached (a rerun pays nothing again) and budgeted
+            caches.append(RequestCache(out_dir / "judge_cache.sqlite"))
+            backend = make_backend(cfg.teacher)
+            return make_engine(cfg.teacher, caches[0], budget_for(cfg, backend.model_name), backend)
+        try:
+            with bars.progress:
+                table = evaluate(tune_dir, out_dir, cfg.eval, cfg.teacher, progress=bars, judge_factory=judge_factory)
+        finally:
+            for c in caches:
+                c.close()
     except (InputError, TeacherError) as e:
         fail(e)
+    except BudgetExhausted as e:
+        console.print(f"[yellow]budget:[/] {e}; the judge stopped. Raise the budget and run again (answers so far "
+                      "are cached)")
+        raise typer.Exit(EXIT_BUDGET)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]")
         raise typer.Exit(EXIT_INTERRUPTED)

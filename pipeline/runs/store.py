@@ -337,7 +337,7 @@ def price_for_budget(cfg: RunConfig) -> None:
                      "million tokens), or remove the cost budget", field="prices")
 
 
-def _budget(cfg: RunConfig, model_name: str) -> Budget:
+def budget_for(cfg: RunConfig, model_name: str) -> Budget:
     """The run's budget, at the prices of the way the teacher is asked (``Price.rates``: the Batch API's in batch
     mode). A run that changed mode on a forced resume is costed at the current mode's prices."""
     price = cfg.prices.get(model_name) or cfg.prices.get(cfg.teacher.model)
@@ -366,7 +366,7 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         price_for_budget(cfg)
         # The backend touches its state directory only once it sends.
         backend = make_backend(cfg.teacher, run_dir / BATCHES, progress) if need_teacher else None
-        budget = _budget(cfg, backend.model_name if backend else "")
+        budget = budget_for(cfg, backend.model_name if backend else "")
         run.begin(config_path)
     except BaseException:
         if backend is not None:
@@ -381,7 +381,7 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         """Another engine on this session's cache and budget (the eval stage's judge, built after the
         generating teacher was released)."""
         price_for_budget(cfg)
-        engine = make_engine(cfg.teacher, cache, _budget(cfg, cfg.teacher.model),
+        engine = make_engine(cfg.teacher, cache, budget_for(cfg, cfg.teacher.model),
                              make_backend(cfg.teacher, run.dir / BATCHES, progress))
         extra.append(engine)
         return engine

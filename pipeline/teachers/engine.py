@@ -44,7 +44,8 @@ from .cache import Budget, BudgetExhausted, RequestCache, Spent
 
 T = TypeVar("T")
 # Failed tries after which the server may have done, and billed, the work: it answered too late, or its answer was
-# cut short or unreadable. Refusals, 429/5xx and connection errors are not billed.
+# cut short or unreadable. Refusals, 429/5xx and connection errors are not billed. (Requests cancelled once sent, a
+# hedge copy that lost its race or work a stage dropped past its target, are counted too, as "cancelled".)
 BILLED_FAILURES = frozenset({"timeout", "truncated", "malformed_response"})
 # A hedge (the duplicate of a straggler) takes the next free slot before every waiting request.
 HEDGE_PRIORITY = 1 << 30
@@ -437,6 +438,9 @@ class Engine:
             congestion = e.congestion
             if e.kind in BILLED_FAILURES:
                 self._billed_failure(req, e.kind)
+            raise
+        except asyncio.CancelledError:  # a hedge copy that lost, or work a stage dropped: sent, so paid
+            self._billed_failure(req, "cancelled")
             raise
         finally:
             await self.limit.release(latency, congestion, kind, epoch)

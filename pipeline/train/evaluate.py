@@ -282,6 +282,7 @@ def evaluate(tune_dir: Path, out_dir: Path, ecfg: EvalConfig, teacher_cfg: Teach
                 "tuned_wins": c["tuned"], "base_wins": c["base"], "ties": c["tie"], "invalid": c["invalid"],
                 "tuned_win_rate": round((c["tuned"] + 0.5 * c["tie"]) / valid, 4) if valid else None,
                 "answered_A": pos["A"], "answered_B": pos["B"],
+                "usage": judge.usage.as_dict() if hasattr(judge, "usage") else None,
             }
     finally:
         if teacher is not None:

@@ -269,3 +269,16 @@ def test_when_the_engine_is_quiet_a_copy_goes_after_the_median(engines):
     done = _finish_times(e, 41)
     assert done[0] < 1.5, done[0]
     assert e.stats.hedge_wins == 1
+
+
+def test_a_copy_cancelled_after_it_was_sent_is_counted_as_spent(engines, tmp_path):
+    # A paid API bills the straggling copy whose race the hedge won: the budget counts it (prompt size and the
+    # most it could generate), beside the answers in the cache.
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    server = Straggling("question 0", slow=4.0, slots=64, latency=0.05)
+    e = engines(server, concurrency=4, hedge=3.0, cache=cache)
+    _finish_times(e, 60)
+    e.close()
+    spent = cache.spent()
+    assert e.stats.hedge_wins == 1 and spent.billed_failures == 1
+    assert spent.requests == 61 and spent.completion_tokens == 60 * 2 + D.max_tokens

@@ -344,3 +344,29 @@ def test_smollm2_tune_then_generate_with_adapter(tmp_path, run_dir):
                      TeacherConfig(n_ctx=4096, n_threads=1))
     assert table["examples"] == 3 and table["judge"]["model"].startswith("SmolLM2")
     assert table["tuned"]["heldout_loss"] > 0 and (tmp_path / "eval" / "eval_table.md").is_file()
+
+
+def test_the_eval_judge_of_a_run_goes_through_its_cache_and_budget(tiny_model, run_dir, tmp_path, sims):
+    """``pipeline run`` with tune and eval: the judge's requests are answered through the run's request cache, count
+    in its budget and usage, and a second eval pays nothing again."""
+    import sqlite3
+
+    from pipeline.config import EvalConfig, RunConfig, TeacherConfig
+    from pipeline.runs.stages import run_stages
+
+    sim = sims()
+    cfg = RunConfig(teacher=TeacherConfig(backend="openai", model="sim-teacher", base_url=sim.url, api_key_env=""),
+                    tune=_cfg(tiny_model, max_steps=2, save_steps=100),
+                    eval=EvalConfig(max_new_tokens=6, batch_size=4, judge=True))
+    run = tmp_path / "judged"
+    run_stages(cfg, run, stages=["export"])  # a run whose dataset is the fixture's rows
+    (run / "dataset" / "messages.jsonl").write_bytes((run_dir / "dataset" / "messages.jsonl").read_bytes())
+    m = run_stages(cfg, run, stages=["tune", "eval"])
+    ev = m["stages"]["eval"]
+    assert ev["judge"]["model"] == "sim-teacher" and ev["usage"]["requests"] == 6 == sim.stats()["requests"]
+    assert m["sessions"][-1]["usage"]["requests"] == 6 and m["spent"]["requests"] == 6
+    with sqlite3.connect(run / "cache.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == 6
+    (run / "eval" / ".done").unlink()
+    m = run_stages(cfg, run, stages=["tune", "eval"])
+    assert m["stages"]["eval"]["usage"]["cache_hits"] == 6 and sim.stats()["requests"] == 6
