@@ -145,7 +145,7 @@ class AdaptiveLimit:
                 self._take()
                 fut.set_result(None)
 
-    async def release(self, latency: float | None, congestion: bool = False, kind: str = "",
+    def release(self, latency: float | None, congestion: bool = False, kind: str = "",
                       epoch: int | None = None) -> None:
         self._account()
         self.in_flight -= 1
@@ -235,6 +235,14 @@ def _retry_wait(initial: float, maximum: float):
         return max(backoff(state), getattr(exc, "retry_after", 0.0))
 
     return wait
+
+
+@dataclass(eq=False)
+class _Held:
+    """A slot taken under the limit (``epoch``: the limit's epoch when it was taken), given back exactly once."""
+
+    epoch: int
+    released: bool = False
 
 
 @dataclass(eq=False)
@@ -366,7 +374,7 @@ class Engine:
         answer wins and the other is cancelled."""
         epoch = await self.limit.acquire(priority)
         if not self.hedge:
-            return await self._send_once(req, kind, epoch)
+            return await self._send_once(req, kind, _Held(epoch))
         tr = _Try(req, kind, time.monotonic(), asyncio.get_running_loop().create_future())
         self._launch(tr, epoch)
         self._tries.add(tr)
@@ -382,9 +390,18 @@ class Engine:
                 t.cancel()
 
     def _launch(self, tr: "_Try", epoch: int) -> None:
-        task = asyncio.ensure_future(self._send_once(tr.req, tr.kind, epoch))
+        held = _Held(epoch)
+        task = asyncio.ensure_future(self._send_once(tr.req, tr.kind, held))
         tr.tasks.append(task)
-        task.add_done_callback(lambda t: self._try_done(tr, t))
+
+        def done(t: asyncio.Task) -> None:
+            # A copy cancelled before its coroutine ever ran (its try was answered in the same turn of the loop)
+            # never reached the ``finally`` that gives its slot back: give it back here, or the slot is lost.
+            if not held.released:
+                held.released = True
+                self.limit.release(None, kind=tr.kind, epoch=held.epoch)
+            self._try_done(tr, t)
+        task.add_done_callback(done)
 
     def _try_done(self, tr: "_Try", task: asyncio.Task) -> None:
         if task.cancelled() or tr.result.done():
@@ -426,7 +443,7 @@ class Engine:
         tr.t0, tr.hedge = time.monotonic(), None
         self._launch(tr, epoch)
 
-    async def _send_once(self, req: ChatRequest, kind: str, epoch: int) -> Completion:
+    async def _send_once(self, req: ChatRequest, kind: str, held: "_Held") -> Completion:
         t0, congestion, latency = time.monotonic(), False, None
         try:
             c = await self.backend.send(req)
@@ -443,7 +460,8 @@ class Engine:
             self._billed_failure(req, "cancelled")
             raise
         finally:
-            await self.limit.release(latency, congestion, kind, epoch)
+            held.released = True
+            self.limit.release(latency, congestion, kind, held.epoch)
 
     def _billed_failure(self, req: ChatRequest, kind: str) -> None:
         """Count a failed try the server may have billed (``BILLED_FAILURES``) in the budget, at the prompt's

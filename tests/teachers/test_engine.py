@@ -179,8 +179,8 @@ def test_limit_stats_count_busy_time():
         await lim.acquire()
         await lim.acquire()
         await asyncio.sleep(0.1)
-        await lim.release(0.1)
-        await lim.release(0.1)
+        lim.release(0.1)
+        lim.release(0.1)
         return lim.stats
 
     stats = asyncio.run(go())
@@ -250,11 +250,11 @@ def test_a_kind_first_seen_while_the_server_queues_does_not_take_the_queue_for_i
     async def go():
         for lat in [1.0] * 48:
             await lim.acquire()
-            await lim.release(lat, kind="a", epoch=lim._epoch)
+            lim.release(lat, kind="a", epoch=lim._epoch)
         before = lim.limit
         for i in range(int(before * 0.75) + 1):
             await lim.acquire()
-            await lim.release(3.0, kind="a" if i % 2 else "b", epoch=lim._epoch)
+            lim.release(3.0, kind="a" if i % 2 else "b", epoch=lim._epoch)
         return before
     before = asyncio.run(go())
     assert lim._quickest["b"] == pytest.approx(1.0)
@@ -282,3 +282,20 @@ def test_a_copy_cancelled_after_it_was_sent_is_counted_as_spent(engines, tmp_pat
     spent = cache.spent()
     assert e.stats.hedge_wins == 1 and spent.billed_failures == 1
     assert spent.requests == 61 and spent.completion_tokens == 60 * 2 + D.max_tokens
+
+
+def test_a_copy_cancelled_before_it_ever_ran_gives_its_slot_back(engines):
+    # A hedge copy launched in the same turn of the loop as its try is answered is cancelled before its coroutine
+    # starts; its slot must come back all the same (a lost slot a time, a long run ends with none: a hang).
+    from pipeline.teachers.engine import _Try
+
+    e = engines(Server(), concurrency=4, hedge=3.0)
+
+    async def go():
+        epoch = await e.limit.acquire()
+        tr = _Try(req(0), "q", time.monotonic(), asyncio.get_running_loop().create_future())
+        e._launch(tr, epoch)
+        tr.tasks[0].cancel()
+        await asyncio.gather(*tr.tasks, return_exceptions=True)
+        return e.limit.in_flight
+    assert e.run(go()) == 0
