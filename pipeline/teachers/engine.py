@@ -255,6 +255,7 @@ class _Try:
     result: asyncio.Future
     tasks: list = field(default_factory=list)
     hedge: asyncio.Task | None = None  # a duplicate waiting for its slot (see Engine._hedge)
+    closing: bool = False  # the try is over: its copies are being cancelled
 
 
 @dataclass
@@ -383,6 +384,7 @@ class Engine:
         try:
             return await tr.result
         finally:
+            tr.closing = True
             self._tries.discard(tr)
             if tr.hedge is not None:
                 tr.hedge.cancel()
@@ -404,9 +406,15 @@ class Engine:
         task.add_done_callback(done)
 
     def _try_done(self, tr: "_Try", task: asyncio.Task) -> None:
-        if task.cancelled() or tr.result.done():
-            if not task.cancelled():
-                task.exception()  # retrieved: a loser's failure is not news
+        if task.cancelled():
+            # Cancelled by the try's own end (another copy won), or from inside the transport without anyone
+            # asking: then, with no other copy out or coming, the try would wait forever. It fails instead, as
+            # a connection error, and is retried.
+            if not (tr.result.done() or tr.closing or tr.hedge is not None or not all(t.done() for t in tr.tasks)):
+                tr.result.set_exception(Transient("connection", "the request was cancelled before it was answered"))
+            return
+        if tr.result.done():
+            task.exception()  # retrieved: a loser's failure is not news
             return
         if task.exception() is None:
             if task is not tr.tasks[0]:
