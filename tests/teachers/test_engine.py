@@ -320,3 +320,19 @@ def test_a_copy_cancelled_from_inside_the_transport_is_retried_not_waited_for_fo
     out = e.run(go())
     assert [c.text for c in out] == [f"answer to question {i}" for i in range(8)]
     assert e.usage.retries_by_kind.get("connection") == 1
+
+
+def test_a_hedged_try_that_never_answers_fails_as_a_timeout_and_is_retried(engines):
+    class Hangs(Server):
+        hung = False
+
+        async def send(self, r):
+            if r.messages[-1]["content"] == "question 2" and not Hangs.hung:
+                Hangs.hung = True
+                await asyncio.Event().wait()  # never answers, never times out by itself
+            return await super().send(r)
+
+    e = engines(Hangs(), concurrency=4, hedge=1000.0, try_timeout_s=0.5)
+    out = e.generate([req(i) for i in range(6)])
+    assert [c.text for c in out] == [f"answer to question {i}" for i in range(6)]
+    assert e.usage.retries_by_kind.get("timeout") == 1
