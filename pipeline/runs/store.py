@@ -402,6 +402,8 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         raise
     finally:
         engines = [e for e in (teacher, *extra) if e is not None]
+        for e in engines:  # first: a stage still on the engine's loop records itself as it ends, not after this
+            e.close()
         if engines:
             usage = engines[0].usage.as_dict()
             for e in engines[1:]:  # the judge's requests count with the teacher's
@@ -415,8 +417,6 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         if status == "complete":
             run.manifest.pop("stopped_because", None)
         run.save_manifest(status=status)
-        for e in engines:
-            e.close()
         cache.close()
         run.close()
 
