@@ -498,7 +498,7 @@ class Engine:
         lats = self._latencies.get(kind) if self.hedge else None
         if not lats or len(lats) < 20:
             return None
-        return max(min(self.hedge, 1.0 if quiet else self.hedge) * statistics.median(lats), 0.05)
+        return max((min(self.hedge, 1.0) if quiet else self.hedge) * statistics.median(lats), 0.05)
 
     def _count_retry(self, exc: BaseException) -> None:
         kind = getattr(exc, "kind", type(exc).__name__)
