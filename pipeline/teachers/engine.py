@@ -565,17 +565,27 @@ class Engine:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=self._loop.run_forever, name="teacher-engine", daemon=True)
             self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        loop = self._loop
+        finished = threading.Event()
+        box: dict[str, asyncio.Task] = {}
+
+        def start() -> None:
+            box["task"] = task = loop.create_task(coro)
+            task.add_done_callback(lambda _: finished.set())
+
+        loop.call_soon_threadsafe(start)
         try:
-            return fut.result()
+            finished.wait()  # a signal in this (the main) thread interrupts the wait
         except BaseException:
-            if not fut.done():
-                fut.cancel()
-                try:
-                    fut.result(timeout=30)
-                except BaseException:  # noqa: BLE001 - cancelled, or it failed on its way out: the first error wins
-                    pass
+            # Cancel and wait until the coroutine has really ended: a stage records itself as it is torn down,
+            # and the caller's own bookkeeping (the final manifest) must come after that, never beside it.
+            loop.call_soon_threadsafe(lambda: box["task"].cancel())  # runs after start(): FIFO
+            finished.wait(timeout=30)
             raise
+        task = box["task"]
+        if task.cancelled():
+            raise asyncio.CancelledError
+        return task.result()
 
     def generate(self, requests: list[ChatRequest], on_result: OnResult | None = None,
                  kind: str = "") -> list[Completion]:

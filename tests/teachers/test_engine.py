@@ -327,3 +327,27 @@ def test_a_hedged_try_that_never_answers_fails_as_a_timeout_and_is_retried(engin
     out = e.generate([req(i) for i in range(6)])
     assert [c.text for c in out] == [f"answer to question {i}" for i in range(6)]
     assert e.usage.retries_by_kind.get("timeout") == 1
+
+
+def test_an_interrupted_run_returns_only_after_the_coroutine_has_torn_down(engines):
+    """Ctrl-C (or SIGTERM, mapped to it) in the caller cancels the stage; the caller's own bookkeeping after the
+    interrupt (the final manifest) must see the stage's teardown done, never race it."""
+    import os
+    import signal
+    import threading
+
+    engine = engines(Server())
+    events: list[str] = []
+
+    async def stage() -> None:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            await asyncio.sleep(0.3)  # a teardown that itself waits (in-flight requests being cancelled)
+            events.append("stage recorded")
+
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        engine.run(stage())
+    events.append("caller's finally")
+    assert events == ["stage recorded", "caller's finally"]
