@@ -70,7 +70,7 @@ class TeacherConfig(_Section):
     max_retries: int = Field(6, ge=0)
     # llama.cpp in-process settings.
     n_ctx: int = Field(4096, ge=256)
-    n_threads: int = Field(0, ge=0)  # 0 = all cores
+    n_threads: int = Field(0, ge=0)  # 0 = auto: 1 generation thread for a model under 1 GB, else all cores
     seed: int = 0
     # vLLM in-process settings, passed to vllm.LLM(...).
     vllm_engine_args: dict[str, Any] = {}
