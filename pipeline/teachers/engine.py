@@ -82,8 +82,10 @@ class AdaptiveLimit:
     too, the limit grows (x4 per round trip at first, from 16: a GPU server is reached in three or four round
     trips instead of six or seven, which at 2 s a request is most of a short run's idle time; then by an
     eighth). Above ``high`` (1.5): requests wait in the server's queue (every step of every chain pays that
-    wait, and so does a hedge), and the limit shrinks in proportion. In between it holds: the server is full and a
-    short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a quarter (once per window)
+    wait, and so does a hedge), and the limit shrinks in proportion, never below the highest level whose full
+    window read flat: slowness there is no queue of ours (a kind's quickest was guessed too low, or the server
+    slowed for everyone), and the kinds start their quickest again from that window. In between it holds: the
+    server is full and a short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a quarter (once per window)
     and caps it just under the level that was refused, a cap raised by one per window to probe again. Windows
     where the stages offered fewer requests than the limit say nothing about the server and change nothing.
     """
@@ -101,6 +103,7 @@ class AdaptiveLimit:
         self._congested = False
         self._soft_cap: float = float(self.ceiling)
         self._quickest: dict[str, float] = {}
+        self._flat = 0  # the highest limit whose full window read flat: no queue of ours below it
         self._last_change = time.monotonic()
         self._epoch = 0
 
@@ -220,8 +223,17 @@ class AdaptiveLimit:
         upper = ratios[len(ratios) * 3 // 4]
         if inflation > self.high:
             self._startup = False
-            self._set(self.limit * max(0.5, self.high * 0.75 / inflation))
+            if self.limit <= self._flat:
+                # This level read flat before: the slowness is not a queue of ours. A kind's quickest was set
+                # too low (first seen while the server queued, divided by a guess of the queue), or the server
+                # got slower for everyone. Shrinking further would not help (it once took the limit down to 1
+                # slot: the heavy-tail bench's "stall"); the kinds of this window start again from now.
+                for kind, p10 in p10s.items():
+                    self._quickest[kind] = p10
+                return
+            self._set(max(self._flat, self.limit * max(0.5, self.high * 0.75 / inflation)))
         elif upper < self.low and full:
+            self._flat = max(self._flat, self.limit)
             self._set(self.limit * 4 if self._startup else self.limit + max(1, self.limit // 8))
         elif inflation >= self.low:
             self._startup = False

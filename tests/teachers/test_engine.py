@@ -351,3 +351,31 @@ def test_an_interrupted_run_returns_only_after_the_coroutine_has_torn_down(engin
         engine.run(stage())
     events.append("caller's finally")
     assert events == ["stage recorded", "caller's finally"]
+
+
+def test_auto_limit_never_shrinks_below_a_level_that_read_flat():
+    """A kind first seen while the server queued gets its quickest latency guessed (its latency divided by how
+    slow the known kinds were), and a wrong guess must not make every later answer read as a queue: it once cut
+    the limit to one slot, and a 2000-task run crawled at one request at a time (the heavy-tail bench)."""
+    async def window(lim: AdaptiveLimit, samples: list[tuple[str, float]]) -> None:
+        epochs = [await lim.acquire() for _ in range(min(len(samples), lim.limit))]
+        for i, (kind, latency) in enumerate(samples):
+            if i >= len(epochs):
+                epochs.append(await lim.acquire())
+            lim.release(latency, kind=kind, epoch=epochs[i])
+
+    async def scenario() -> AdaptiveLimit:
+        lim = AdaptiveLimit(ceiling=1024, auto=True)  # a server 64 wide, 2 s a request
+        while lim.limit < 64:
+            await window(lim, [("generate", 2.0)] * lim.limit)  # flat and full: the limit grows x4
+        await window(lim, [("generate", 2.0)] * 64)  # 64 reads flat: it grows to 256, four times the width
+        assert lim.limit == 256
+        # Queued 4x: the known kind reads 8 s. A new kind's first answers came when the queue had gone down
+        # (2 s): divided by the known kind's inflation (4), its quickest is guessed at 0.5 s, four times too low.
+        await window(lim, [("generate", 8.0)] * 160 + [("answer", 2.0)] * 32)
+        for _ in range(40):  # from now on only answers, at the server's true speed
+            await window(lim, [("answer", 2.0)] * max(lim.limit, 8))
+        return lim
+
+    lim = asyncio.run(scenario())
+    assert lim.limit >= 64
