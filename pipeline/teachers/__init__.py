@@ -54,8 +54,7 @@ def make_engine(cfg: TeacherConfig, cache: RequestCache | None = None, budget: B
     # Batch mode: no window at all; everything the stages can ask at once goes into one batch.
     ceiling = BATCH_MODE_CEILING if cfg.mode == "batch" else _ceiling(cfg)
     return Engine(backend or make_backend(cfg), cache, budget, concurrency=ceiling, auto=auto,
-                  max_retries=cfg.max_retries, hedge=cfg.hedge if cfg.mode == "online" else 0.0,
-                  try_timeout_s=2 * cfg.timeout_s)
+                  max_retries=cfg.max_retries, hedge=cfg.hedge if cfg.mode == "online" else 0.0)
 
 
 def make_teacher(cfg: TeacherConfig) -> Engine:

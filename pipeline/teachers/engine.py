@@ -285,7 +285,7 @@ class Engine:
 
     def __init__(self, backend: Backend, cache: RequestCache | None = None, budget: Budget | None = None, *,
                  concurrency: int = 8, auto: bool = False, max_retries: int = 6, backoff_initial_s: float = 0.5,
-                 backoff_max_s: float = 30.0, hedge: float = 0.0, try_timeout_s: float | None = None):
+                 backoff_max_s: float = 30.0, hedge: float = 0.0):
         self.backend = backend
         self.backend_name, self.model_name = backend.backend, backend.model_name
         # How the backend constrains a request's format (``formats.py``): "json_schema", "grammar" or "off" (then
@@ -297,10 +297,6 @@ class Engine:
         self.limit = AdaptiveLimit(ceiling, auto=auto and ceiling > 1)
         self.max_retries = max_retries
         self.hedge = hedge  # 0 = off; else hedge a request slower than this many times its kind's median latency
-        # With hedging on: a try none of whose copies has answered after this long fails as a timeout and is
-        # retried (a backstop: a rare hang of a hedged try was seen in the heavy-tail bench and is not yet
-        # explained; this bounds it by the transport's own timeout).
-        self.try_timeout_s = try_timeout_s
         self._latencies: dict[str, deque] = {}
         self._tries: set[_Try] = set()
         self._scanner: asyncio.Task | None = None
@@ -398,12 +394,7 @@ class Engine:
         if self._scanner is None or self._scanner.done():
             self._scanner = asyncio.ensure_future(self._scan_for_hedges())
         try:
-            if self.try_timeout_s is None:
-                return await tr.result
-            try:
-                return await asyncio.wait_for(asyncio.shield(tr.result), self.try_timeout_s)
-            except asyncio.TimeoutError:
-                raise Transient("timeout", f"no copy answered within {self.try_timeout_s:g} s") from None
+            return await tr.result
         finally:
             tr.closing = True
             self._tries.discard(tr)

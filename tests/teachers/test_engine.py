@@ -313,22 +313,6 @@ def test_a_copy_cancelled_from_inside_the_transport_is_retried_not_waited_for_fo
     assert e.usage.retries_by_kind.get("connection") == 1
 
 
-def test_a_hedged_try_that_never_answers_fails_as_a_timeout_and_is_retried(engines):
-    class Hangs(Server):
-        hung = False
-
-        async def send(self, r):
-            if r.messages[-1]["content"] == "question 2" and not Hangs.hung:
-                Hangs.hung = True
-                await asyncio.Event().wait()  # never answers, never times out by itself
-            return await super().send(r)
-
-    e = engines(Hangs(), concurrency=4, hedge=1000.0, try_timeout_s=0.5)
-    out = e.generate([req(i) for i in range(6)])
-    assert [c.text for c in out] == [f"answer to question {i}" for i in range(6)]
-    assert e.usage.retries_by_kind.get("timeout") == 1
-
-
 def test_an_interrupted_run_returns_only_after_the_coroutine_has_torn_down(engines):
     """Ctrl-C (or SIGTERM, mapped to it) in the caller cancels the stage; the caller's own bookkeeping after the
     interrupt (the final manifest) must see the stage's teardown done, never race it."""
