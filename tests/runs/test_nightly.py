@@ -198,12 +198,12 @@ def test_teacher_down_for_good_exits_1_and_stays_resumable(llama_server, tmp_pat
 
 def test_budget_stops_cleanly_and_a_larger_one_resumes(tmp_path):
     run = tmp_path / "run"
-    r = run_cli("run", "--target", "2", *SMALL, "--out", str(run), "--set", "budget.max_requests=2")
+    r = run_cli("run", "--target", "1", *SMALL, "--out", str(run), "--set", "budget.max_requests=2")
     assert r.returncode == 3 and "request budget reached" in r.stderr
     m = _manifest(run)
     assert m["status"] == "budget_exhausted" and m["spent"]["requests"] == 2
     assert m["spent"]["cost_usd"].startswith("unknown")  # no price for this model: never reported as $0
-    r = run_cli("run", "--target", "2", *SMALL, "--out", str(run), "--set", "budget.max_requests=500",
+    r = run_cli("run", "--target", "1", *SMALL, "--out", str(run), "--set", "budget.max_requests=500",
                 "--set", 'prices."SmolLM2-135M-Instruct.Q4_1"={input_per_mtok=0.5, output_per_mtok=1.5}')
     assert r.returncode == 0, r.stderr[-2000:]
     m = _manifest(run)
