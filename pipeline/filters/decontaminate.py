@@ -22,8 +22,8 @@ from typing import Iterable
 import numpy as np
 
 from ..records import Record
+from .heuristics import Verdict
 
-Verdict = tuple[str, dict] | None  # None = keep; (reason, details) = reject
 CONTAMINATED = "contaminated"
 MIN_SHORT_WORDS = 6
 _WORDS = re.compile(r"\w+")
@@ -114,20 +114,10 @@ class ContaminationIndex:
                     j += 1
         return None
 
-    def find_many(self, texts: list[str]) -> list[tuple[BenchmarkItem, str] | None]:
-        return [self.find(t) for t in texts]
-
-    def check_many(self, records: list[Record]) -> list[Verdict]:
-        """``check`` for many records at once (faster: one lookup for all their n-grams)."""
-        out: list[Verdict] = []
-        for hit in self.find_many(["\n".join((r.instruction, r.input, r.output)) for r in records]):
-            if hit is None:
-                out.append(None)
-                continue
-            item, gram = hit
-            self.stats.hits_by_benchmark[item.benchmark] += 1
-            out.append((CONTAMINATED, {"benchmark": item.benchmark, "item": item.item_id, "ngram": gram}))
-        return out
-
     def check(self, rec: Record) -> Verdict:
-        return self.check_many([rec])[0]
+        hit = self.find("\n".join((rec.instruction, rec.input, rec.output)))
+        if hit is None:
+            return None
+        item, gram = hit
+        self.stats.hits_by_benchmark[item.benchmark] += 1
+        return CONTAMINATED, {"benchmark": item.benchmark, "item": item.item_id, "ngram": gram}

@@ -85,9 +85,10 @@ class AdaptiveLimit:
     wait, and so does a hedge), and the limit shrinks in proportion, never below the highest level whose full
     window read flat: slowness there is no queue of ours (a kind's quickest was guessed too low, or the server
     slowed for everyone), and the kinds start their quickest again from that window. In between it holds: the
-    server is full and a short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a quarter (once per window)
-    and caps it just under the level that was refused, a cap raised by one per window to probe again. Windows
-    where the stages offered fewer requests than the limit say nothing about the server and change nothing.
+    server is full and a short queue keeps it from idling between answers. A 429 or 503 cuts the limit by a
+    quarter (once per window) and caps it just under the level that was refused, a cap raised by one per window
+    to probe again. Windows where the stages offered fewer requests than the limit say nothing about the server
+    and change nothing.
     """
 
     def __init__(self, ceiling: int, auto: bool, initial: int = 16, low: float = 1.3, high: float = 1.5):
@@ -149,7 +150,7 @@ class AdaptiveLimit:
                 fut.set_result(None)
 
     def release(self, latency: float | None, congestion: bool = False, kind: str = "",
-                      epoch: int | None = None) -> None:
+                epoch: int | None = None) -> None:
         self._account()
         self.in_flight -= 1
         if congestion:  # fixed or auto: a server that refuses gets less, whatever the config asked for
