@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml $(LLAMA_WHEEL_DIR)/CMAKE_ARGS | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	echo 'llama-cpp-python==$(LLAMA_CPP)' > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet --constraint $(VENV)/constraints.txt -e '.[dev,tune,report]'
+	$(BIN)/pip install --quiet --constraint $(VENV)/constraints.txt -e '.[dev,tune,report,safety]'
 	$(BIN)/python -m pipeline.teachers.embedded --rebuild-hint 'make rebuild-llama'
 	touch $(STAMP)
 

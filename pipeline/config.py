@@ -169,6 +169,10 @@ class FilterConfig(_Section):
     # ROUGE-L novelty: "incremental" (each task against the growing pool, in file order) or "batch" (the whole
     # list at once; same decisions).
     novelty_mode: Literal["incremental", "batch"] = "incremental"
+    # Evol-Instruct never compares a rewrite with its own lineage: an evolved instruction is checked for novelty
+    # against every task except its own ancestors and descendants (parent_id chains), and still against its
+    # siblings and every other lineage. False = against everything (what this filter did before).
+    lineage_aware: bool = True
     # Score every pool item for kept records too (exact nearest score; brute force, slow for big pools). Off: kept
     # records carry the best score among the pairs that survived the exact pruning (a lower bound).
     exact_nearest: bool = False

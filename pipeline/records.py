@@ -1,4 +1,5 @@
-"""The records that flow between stages, and the rejection that wraps a record with its reason."""
+"""The records that flow between stages, the rejection that wraps a record with its reason, and the benchmark
+items records are checked against."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -59,3 +60,12 @@ class Rejection:
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.record.to_dict(), "reason": self.reason, "details": self.details, "stage": self.stage}
+
+
+@dataclass(frozen=True)
+class BenchmarkItem:
+    """One item of an evaluation benchmark (decontamination): the benchmark's name, the item's id and its text."""
+
+    benchmark: str
+    item_id: str
+    text: str

@@ -19,6 +19,7 @@ from ..config import FilterConfig
 from ..errors import InputError
 from ..filters.chain import filter_records
 from ..io.readers import read_records
+from ..runs.stages import build_checks
 from ..runs.store import FILTER_FILES, write_filter_result
 from .common import EXIT_INTERRUPTED, console, fail, load
 
@@ -40,17 +41,21 @@ def filter_command(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory for kept.jsonl, rejected.jsonl, stats.json."),
     rouge_threshold: Optional[float] = typer.Option(None, "--rouge-threshold",
                                                     help="Reject when ROUGE-L F is strictly greater (default 0.7)."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config (TOML); its [filter] section."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config (TOML): its [filter], "
+                                          "[decontaminate] and [safety] sections."),
     sets: Optional[list[str]] = typer.Option(None, "--set", help="Override a config key: --set filter.min_words=3 "
                                              "(or min_words=3)."),
     reference: Optional[list[Path]] = typer.Option(None, "--reference", "-r",
                                                    help="Seed/reference file whose instructions start the pool "
                                                         "(repeatable)."),
 ) -> None:
-    """Filter a finished file: quality heuristics, exact duplicates, ROUGE-L novelty (Self-Instruct/Alpaca rules)."""
+    """Filter a finished file: quality heuristics, decontamination and safety (when configured), exact duplicates,
+    ROUGE-L novelty (Self-Instruct/Alpaca rules), repeated responses."""
     t0 = time.time()
     try:
-        cfg = load(config, _qualify_sets(sets), **{"filter.rouge_threshold": rouge_threshold}).filter
+        run_cfg = load(config, _qualify_sets(sets), **{"filter.rouge_threshold": rouge_threshold})
+        cfg = run_cfg.filter
+        checks = build_checks(run_cfg)  # the config's [decontaminate] benchmarks and [safety] classifier
         if out.exists() and not out.is_dir():
             raise InputError(str(out), "exists and is not a directory")
         records = read_records(input_path)
@@ -65,7 +70,7 @@ def filter_command(
             progress.update(tasks[phase], completed=done, total=total)
 
         with progress:
-            result = filter_records(records, cfg, ref, progress=report)
+            result = filter_records(records, cfg, ref, progress=report, checks=checks)
         stats = {
             "input": str(input_path),
             "reference": [str(p) for p in reference or []],
@@ -73,6 +78,8 @@ def filter_command(
             **result.stats,
             "files": dict(FILTER_FILES),
             "config": cfg.model_dump(mode="json"),
+            "decontaminate": run_cfg.decontaminate.model_dump(mode="json"),
+            "safety": run_cfg.safety.model_dump(mode="json"),
         }
         stats["timing"]["wall_s"] = round(time.time() - t0, 3)
         n_kept, n_rej = write_filter_result(out, (r.to_dict() for r in result.kept),

@@ -83,6 +83,47 @@ def _print_summary(s: dict[str, Any]) -> None:
             value = ", ".join(f"{w} {n}" for w, n in value)
         div.add_row(key, _fmt(value))
     out.print(div)
+    _print_quality(s["quality"])
+
+
+def _print_quality(q: dict[str, Any]) -> None:
+    """Judge score histograms, what the selection kept, contamination per benchmark, repeated responses."""
+    if q["scores"]:
+        t = Table(title=f"judge scores ({q['scores']['model']})")
+        t.add_column("score")
+        hists = q["scores"]["histograms"]
+        keys = list(dict.fromkeys(k for h in hists.values() for k in h))
+        for k in keys:
+            t.add_column(k, justify="right")
+        for name, h in hists.items():
+            t.add_row(name, *(_fmt(h.get(k, 0)) for k in keys))
+        out.print(t)
+    sel = q["selection"]
+    if sel:
+        t = Table(title=f"selection by {sel['score']}: {' -> '.join(sel['policies'] or [])}")
+        for col in ("policy", "input", "kept", "dropped by reason", "alone on the whole input"):
+            t.add_column(col, justify="left" if col in ("policy", "dropped by reason") else "right")
+        alone = sel.get("each_policy_alone") or {}
+        for step in sel.get("steps") or []:
+            why = ", ".join(f"{r} {n}" for r, n in (step.get("rejected_by_reason") or {}).items())
+            t.add_row(step["policy"], _fmt(step["input"]), _fmt(step["kept"]), why, _fmt(alone.get(step["policy"])))
+        for name, n in alone.items():
+            if name not in (sel["policies"] or []):
+                t.add_row(f"[dim]{name}[/]", "", "", "", _fmt(n))
+        out.print(t)
+    if q["contamination"] is not None:
+        t = Table(title="contamination hits")
+        for col in ("benchmark", "records rejected", "benchmark items hit"):
+            t.add_column(col, justify="left" if col == "benchmark" else "right")
+        for bench, v in q["contamination"].items():
+            t.add_row(bench, _fmt(v["records"]), _fmt(v["items"]))
+        if not q["contamination"]:
+            t.add_row("(none)", "0", "0")
+        out.print(t)
+    r = q["responses"]
+    if r and r.get("mode") != "off":
+        out.print(f"repeated responses ({r['mode']}): {_fmt(r.get('exact'))} exact, {_fmt(r.get('near'))} near, "
+                  f"of {_fmt(r.get('compared'))} outputs compared", highlight=False)
 
 
 def _print_compare(rows: list[dict[str, Any]], a: str, b: str) -> None:

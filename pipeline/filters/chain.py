@@ -4,7 +4,8 @@
 
 1. per record (file order): the instruction rules (``InstructionFilters``) and the instance rules
    (``check_instance`` with the config: empty output, input == output, ':' endings, refusals, AI boilerplate,
-   repeated n-grams);
+   repeated n-grams), then benchmark contamination (``Checks.contamination``) and toxicity (``Checks.toxicity``,
+   one batched call) when the caller built them;
 2. exact duplicates across the whole file (same instruction + input + output; the first one stays);
 3. per task: one input with different outputs drops the whole task (Self-Instruct), duplicate instances, at most
    ``max_instances_per_task`` instances;
@@ -13,6 +14,11 @@
    starts with the reference instructions (seed tasks) when given and grows with every accepted task, in file
    order ("incremental"), or the same decisions from the batch form (``novelty_mode = "batch"``). Above
    ``minhash_above`` instructions MinHash LSH proposes the candidates (approximate recall, exact scores).
+   With ``lineage_aware`` (default) an evolved task is not compared with its own ancestors and descendants
+   (``parent_id`` chains through the records and the reference), as Evol-Instruct never deduplicates a rewrite
+   against the instruction it was rewritten from;
+5. repeated outputs across different tasks (``filters/responses.py``): counted in the stats, and rejected as
+   ``duplicate_response`` when ``response_dedup = "reject"``.
 
 Kept and rejected records carry the nearest pool instruction (``nearest_id``, ``nearest_instruction``,
 ``rouge_l``); rejected ones also ``reason`` and ``details``. For a duplicate, the score and nearest item are exact.
@@ -24,15 +30,18 @@ one are their own task); a task whose records carry different instructions is sp
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..config import FilterConfig
 from ..records import Record, Rejection
+from .decontaminate import ContaminationIndex
 from .heuristics import ExactDuplicates, InstructionFilters, check_instance, check_task_instances
 from .novelty import Match, NoveltyIndex, dedup
+from .responses import find_duplicate_responses
+from .safety import ToxicityFilter
 
 STAGE = "filter"
 Progress = Callable[[str, int, int], None]  # (phase, done, total)
@@ -43,6 +52,46 @@ class FilterResult:
     kept: list[Record]
     rejected: list[Rejection]
     stats: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Checks:
+    """The parts of the chain made from files or models: built by the caller (``runs.stages.build_checks``), since
+    filters do no I/O. None = that check is off."""
+
+    contamination: ContaminationIndex | None = None
+    toxicity: ToxicityFilter | None = None
+
+
+def lineages(records: list[Record], reference: list[Record] | None = None) -> dict[str, frozenset[str]]:
+    """For every task in an evolution chain, the task ids of its ancestors and descendants (through ``parent_id``,
+    over ``reference`` and ``records``). Tasks with no lineage are absent."""
+    everything = [*(reference or []), *records]
+    task_of: dict[str, str] = {}
+    for rec in everything:
+        task_of.setdefault(rec.id, rec.task_id or rec.id)
+    parent: dict[str, str] = {}
+    for rec in everything:
+        if rec.parent_id:
+            parent.setdefault(rec.task_id or rec.id, task_of.get(rec.parent_id, rec.parent_id))
+    children: dict[str, list[str]] = defaultdict(list)
+    for child, par in parent.items():
+        children[par].append(child)
+    out: dict[str, frozenset[str]] = {}
+    for task in set(parent) | set(children):
+        related: set[str] = set()
+        node = task
+        while node in parent and parent[node] not in related and parent[node] != task:  # ancestors
+            node = parent[node]
+            related.add(node)
+        stack = list(children.get(task, ()))
+        while stack:  # descendants
+            node = stack.pop()
+            if node not in related and node != task:
+                related.add(node)
+                stack.extend(children.get(node, ()))
+        out[task] = frozenset(related)
+    return out
 
 
 def _task_key(rec: Record) -> tuple[str, str]:
@@ -62,7 +111,7 @@ def _index_options(cfg: FilterConfig) -> dict[str, Any]:
 
 
 def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Record] | None = None,
-                   progress: Progress | None = None) -> FilterResult:
+                   progress: Progress | None = None, checks: Checks | None = None) -> FilterResult:
     """Run the filter chain over ``records`` (see the module docstring). The input records are not modified."""
     t_start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -86,6 +135,22 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
             report("heuristics", pos, n)
     report("heuristics", n, n)
     timing["heuristics_s"] = time.perf_counter() - t0
+    checks = checks or Checks()
+    if checks.contamination is not None:
+        t0 = time.perf_counter()
+        for pos, rec in enumerate(records):
+            if pos not in reasons:
+                verdict = checks.contamination.check(rec)
+                if verdict is not None:
+                    reasons[pos] = verdict
+        timing["decontaminate_s"] = time.perf_counter() - t0
+    if checks.toxicity is not None:
+        t0 = time.perf_counter()
+        alive = [pos for pos in range(n) if pos not in reasons]
+        for pos, verdict in zip(alive, checks.toxicity.check_many([records[p] for p in alive])):
+            if verdict is not None:
+                reasons[pos] = verdict
+        timing["safety_s"] = time.perf_counter() - t0
 
     # 2. exact duplicates across the file.
     t0 = time.perf_counter()
@@ -128,11 +193,13 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
             ref_pool.append((tid, rec.instruction))
     ids = [key[0] for key, _ in order]
     texts = [records[alive[0]].instruction for _, alive in order]
+    related = lineages(records, reference) if cfg.lineage_aware else {}
+    excludes = [related.get(tid) for tid in ids] if related else None
     decisions: list[tuple[bool, Match]] = []
     mode = cfg.novelty_mode
     if mode == "batch":
         res = dedup(texts, ids, threshold=cfg.rouge_threshold, use_stemmer=cfg.use_stemmer,
-                    unicode=cfg.unicode_tokens, reference=ref_pool,
+                    unicode=cfg.unicode_tokens, reference=ref_pool, excludes=excludes,
                     progress=lambda k: report("novelty", k, len(texts)), **_index_options(cfg))
         decisions = list(zip(res.duplicate, res.matches))
         index_stats = res.stats
@@ -142,7 +209,7 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
         for rid, rtext in ref_pool:
             index.add(rid, rtext)
         for k, (tid, text) in enumerate(zip(ids, texts)):
-            decisions.append(index.check_and_add(tid, text))
+            decisions.append(index.check_and_add(tid, text, excludes[k] if excludes else None))
             if (k & 1023) == 0:
                 report("novelty", k, len(texts))
         index_stats = index.stats.as_dict()
@@ -150,11 +217,20 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
     report("novelty", len(texts), len(texts))
     timing["novelty_s"] = time.perf_counter() - t0
 
-    # Assemble the outputs, in file order.
+    # 5. repeated outputs across tasks, among the records still in (file order).
     match_of: dict[int, tuple[bool, Match]] = {}
     for (_, alive), decision in zip(order, decisions):
         for p in alive:
             match_of[p] = decision
+    t0 = time.perf_counter()
+    survivors = [pos for pos in range(n) if pos not in reasons and not match_of[pos][0]]
+    responses = find_duplicate_responses([records[p] for p in survivors], cfg)
+    if cfg.response_dedup == "reject":
+        for k, verdict in responses.duplicates.items():
+            reasons[survivors[k]] = verdict
+    timing["responses_s"] = time.perf_counter() - t0
+
+    # Assemble the outputs, in file order.
     kept: list[Record] = []
     rejected: list[Rejection] = []
     by_reason: Counter = Counter()
@@ -188,6 +264,13 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
         "rejected_records": len(rejected),
         "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda kv: (-kv[1], kv[0]))),
         "reference_instructions": len(ref_pool),
+        "lineage_aware": cfg.lineage_aware,
+        "lineage_tasks": len(related),
+        "responses": {"mode": cfg.response_dedup, **responses.stats},
+        "contamination": ({"ngram": checks.contamination.n, "items": checks.contamination.stats.items,
+                           "hits_by_benchmark": dict(Counter(reasons[p][1]["benchmark"] for p in reasons
+                                                             if reasons[p][0] == "contaminated"))}
+                          if checks.contamination is not None else None),
         "novelty": {
             "mode": mode,
             "threshold": cfg.rouge_threshold,

@@ -21,7 +21,7 @@ from typing import Iterable
 
 import numpy as np
 
-from ..records import Record
+from ..records import BenchmarkItem, Record
 from .heuristics import Verdict
 
 CONTAMINATED = "contaminated"
@@ -41,13 +41,6 @@ def _grams(words: list[str], n: int) -> list[str]:
 def _hashes(grams: list[str]) -> np.ndarray:
     # Python's str hash: fast and well mixed; salted per process, which is fine for an index built in the process.
     return np.fromiter((hash(g) for g in grams), dtype=np.int64, count=len(grams))
-
-
-@dataclass(frozen=True)
-class BenchmarkItem:
-    benchmark: str
-    item_id: str
-    text: str
 
 
 @dataclass

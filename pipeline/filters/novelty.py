@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,6 +146,7 @@ class NoveltyIndex:
         self._encoded: list[str] = []
         self._lens = _GrowInt()
         self._first_exact: dict[str, int] = {}  # token string -> first pool index (F = 1.0 shortcut)
+        self._position: dict[str, int] = {}  # pool id -> its first index (for ``exclude``)
         self._postings: dict[int, array] | None = {}  # element -> pool items holding it (ascending)
         self._elems = _GrowInt()  # every pool item's elements, concatenated (CSR with _starts)
         self._starts = _GrowInt()
@@ -365,24 +366,36 @@ class NoveltyIndex:
         f[lcs == 0] = 0.0
         return f
 
-    def nearest(self, text: str) -> Match:
-        return self._nearest(self.encode(text))
+    def nearest(self, text: str, exclude: Collection[str] | None = None) -> Match:
+        """The nearest pool item to ``text``, leaving out the pool items whose ids are in ``exclude`` (an evolved
+        instruction's own ancestors and descendants: see ``filters.chain``)."""
+        return self._nearest(self.encode(text), exclude)
 
-    def _nearest(self, e: _Encoded) -> Match:
+    def _excluded(self, exclude: Collection[str] | None) -> np.ndarray | None:
+        if not exclude:
+            return None
+        pos = [self._position[i] for i in exclude if i in self._position]
+        return np.asarray(sorted(pos), dtype=np.int64) if pos else None
+
+    def _nearest(self, e: _Encoded, exclude: Collection[str] | None = None) -> Match:
         self._maybe_switch()
         self.stats.queries += 1
         if not self._ids or e.n == 0:
             return Match(0.0, None, None, exact=True,
                          top=[] if self.alpaca_similarity else None,
                          mean_score=0.0 if self.alpaca_similarity else None)
+        skip = self._excluded(exclude)
         small = self.exact_nearest_up_to is not None and len(self._ids) <= self.exact_nearest_up_to
         if self.exact_nearest or small:
-            return self._nearest_exact(e)
+            return self._nearest_exact(e, skip)
         first = self._first_exact.get(e.enc)
-        if first is not None:  # an identical token sequence: F = 1.0, the maximum, at the earliest such item
+        if first is not None and (skip is None or first not in skip):
+            # an identical token sequence: F = 1.0, the maximum, at the earliest such item
             self.stats.scored += 1
             return Match(1.0, self._ids[first], self._texts[first], exact=True, scored=1)
         cand = self._candidates(e)
+        if skip is not None and len(cand):
+            cand = cand[~np.isin(cand, skip)]
         if not len(cand):
             return Match(0.0, None, None, exact=False)
         scores = self._score(e, cand)
@@ -395,11 +408,13 @@ class NoveltyIndex:
         return Match(score, self._ids[j], self._texts[j], exact=score > self.threshold and self._lsh is None,
                      scored=len(cand))
 
-    def _nearest_exact(self, e: _Encoded) -> Match:
+    def _nearest_exact(self, e: _Encoded, skip: np.ndarray | None = None) -> Match:
         n = len(self._ids)
         lcs = process.cdist([e.enc], self._encoded, scorer=LCSseq.similarity, dtype=np.int32, workers=1)[0]
         scores = f_from_lcs_array(lcs, self._lens.view(), e.n)
         self.stats.scored += n
+        if skip is not None:
+            scores[skip] = 0.0  # never the nearest, never a duplicate (Alpaca's mean still counts them as 0)
         best = int(np.argmax(scores))
         score = float(scores[best])
         top = mean = None
@@ -428,6 +443,7 @@ class NoveltyIndex:
             self._row_cap = 2 * e.n
             self._rows.clear()
         self._starts.append(self._elems.n)  # one entry per pool item, token-less ones included
+        self._position.setdefault(id_, i)
         if e.n:
             self._first_exact.setdefault(e.enc, i)
             self._elems.extend(e.elements)
@@ -445,12 +461,13 @@ class NoveltyIndex:
                     else:
                         p.append(i)
 
-    def check_and_add(self, id_: str, text: str) -> tuple[bool, Match]:
-        """The incremental step: score against the pool, add when novel. Returns (is_duplicate, match)."""
-        return self._check_and_add(id_, self.encode(text))
+    def check_and_add(self, id_: str, text: str, exclude: Collection[str] | None = None) -> tuple[bool, Match]:
+        """The incremental step: score against the pool (less ``exclude``), add when novel. Returns
+        (is_duplicate, match)."""
+        return self._check_and_add(id_, self.encode(text), exclude)
 
-    def _check_and_add(self, id_: str, e: _Encoded) -> tuple[bool, Match]:
-        match = self._nearest(e)
+    def _check_and_add(self, id_: str, e: _Encoded, exclude: Collection[str] | None = None) -> tuple[bool, Match]:
+        match = self._nearest(e, exclude)
         dup = self.is_duplicate(match)
         if not dup:
             self._add(id_, e)
@@ -466,11 +483,13 @@ class DedupResult:
 
 def dedup(texts: Sequence[str], ids: Sequence[str] | None = None, *, threshold: float = 0.7,
           use_stemmer: bool = False, unicode: bool = False, reference: Sequence[tuple[str, str]] = (),
-          progress: Callable[[int], None] | None = None, **options) -> DedupResult:
+          progress: Callable[[int], None] | None = None,
+          excludes: Sequence[Collection[str] | None] | None = None, **options) -> DedupResult:
     """Batch mode: deduplicate a finished list in order (text i is a duplicate when it scores above the threshold
     against a reference text or an earlier non-duplicate), with the same decisions and matches as the incremental
     loop. It tokenizes and encodes the whole list first, then resolves the decisions in order against the pool of
-    references and earlier non-duplicates. ``options`` are NoveltyIndex's keyword options.
+    references and earlier non-duplicates. ``excludes[i]`` (optional) holds the ids text i is not
+    compared with. ``options`` are NoveltyIndex's keyword options.
     """
     ids = list(ids) if ids is not None else [str(i) for i in range(len(texts))]
     if len(ids) != len(texts):
@@ -492,7 +511,7 @@ def dedup(texts: Sequence[str], ids: Sequence[str] | None = None, *, threshold: 
     duplicate: list[bool] = []
     matches: list[Match] = []
     for k, id_ in enumerate(ids):
-        dup, match = index._check_and_add(id_, encoded(base + k))
+        dup, match = index._check_and_add(id_, encoded(base + k), excludes[k] if excludes else None)
         duplicate.append(dup)
         matches.append(match)
         if progress is not None and (k & 1023) == 0:

@@ -12,7 +12,7 @@ import jinja2
 from ..io.files import write_text_atomic
 from ..runs.read import RunData, records_frame
 from . import plots
-from .summary import diversity, evolve_stats, overview, seed_similarity, stage_rows
+from .summary import data_quality, diversity, evolve_stats, overview, seed_similarity, stage_rows
 from .verbs import first_words, parser_name, top_pairs, verb_objects
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # pipeline/templates, the package data
@@ -64,6 +64,7 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
     scores = seed_similarity(run, instructions)
     seed_score = dict(zip((r.get("id") for r in rows), scores or []))
     stages = stage_rows(run)
+    quality = data_quality(run)
     threshold = ((run.manifest.get("config") or {}).get("filter") or {}).get("rouge_threshold", 0.7)
     samples = [{"id": r.get("id", ""), "source": r.get("source", ""), "instruction": _clip(r.get("instruction", "")),
                 "input": _clip(r.get("input", ""), 300), "output": _clip(r.get("output", "")),
@@ -86,7 +87,9 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
                                                      "similarity of kept instructions to the seeds"),
             "reasons": plots.reason_bars(stages, "why candidates were rejected"),
             "evolve": plots.evolve_bars(evolve_stats(run)),
+            "scores": plots.score_bars((quality["scores"] or {}).get("histograms"), "judge scores"),
         },
+        "quality": quality,
         "evolve": evolve_stats(run),
         "samples": samples,
         "rejected_samples": _rejected_samples(run, per_reason=3, seed=seed),

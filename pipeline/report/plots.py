@@ -151,3 +151,20 @@ def evolve_bars(stats: dict[str, Any] | None) -> str | None:
     a2.tick_params(axis="x", labelrotation=20)
     fig.tight_layout()
     return _svg(fig)
+
+
+@_styled
+def score_bars(histograms: dict[str, dict[str, int]] | None, title: str) -> str | None:
+    """One bar chart per judge score: records per score value, "missing" (the judge's reply had no score) last."""
+    if not histograms:
+        return None
+    fig, axes = plt.subplots(1, len(histograms), figsize=(4.2 * len(histograms), 2.8), squeeze=False)
+    for ax, (name, hist), color in zip(axes[0], histograms.items(), PALETTE):
+        keys = list(hist)
+        ax.bar(keys, [hist[k] for k in keys], color=[color if k != "missing" else "#bab0ac" for k in keys])
+        for i, k in enumerate(keys):
+            ax.text(i, hist[k], f"{hist[k]}", ha="center", va="bottom", fontsize=8)
+        ax.set(xlabel=name, ylabel="records")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _svg(fig)

@@ -138,6 +138,34 @@ def evolve_stats(run: RunData) -> dict[str, Any] | None:
     return (run.manifest.get("stages", {}).get("evolve") or {}).get("stats")
 
 
+def data_quality(run: RunData) -> dict[str, Any]:
+    """Judge scores, selection, decontamination and repeated responses: score histograms (judge stage), what the
+    select stage's policies kept (and what each policy alone would have), contamination hits per benchmark (over
+    every stage's rejections) and the filter's repeated-output figures. Empty parts are None."""
+    stages = run.manifest.get("stages", {})
+    judge = stages.get("judge") or {}
+    sel = stages.get("select") or {}
+    hits: Counter = Counter()
+    items: dict[str, set] = {}
+    for stage in run.record_stages():
+        for row in run.rows(stage, "rejected"):
+            if row.get("reason") == "contaminated":
+                d = row.get("details") or {}
+                hits[d.get("benchmark", "?")] += 1
+                items.setdefault(d.get("benchmark", "?"), set()).add(d.get("item"))
+    flt = (stages.get("filter") or {}).get("stats") or {}
+    return {
+        "scores": ({"model": judge.get("judge_model"), "histograms": judge.get("histograms"),
+                    "missing": judge.get("missing")} if judge.get("histograms") else None),
+        "selection": ({"policies": sel.get("policies"), "score": sel.get("score"), "input": sel.get("input"),
+                       "kept": sel.get("kept"), "steps": (sel.get("stats") or {}).get("policies"),
+                       "each_policy_alone": sel.get("each_policy_alone")} if sel else None),
+        "contamination": ({b: {"records": n, "items": len(items[b])} for b, n in hits.most_common()}
+                          if hits or flt.get("contamination") else None),
+        "responses": flt.get("responses"),
+    }
+
+
 def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
     """Everything ``inspect`` shows for one run."""
     final = records_frame(run.final_rows(), run.final_stage() or "")
@@ -147,6 +175,7 @@ def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
         "stages": stage_rows(run),
         "final_stage": run.final_stage(),
         "diversity": diversity(final, pairs, seed_similarity(run, final["instruction"].tolist())),
+        "quality": data_quality(run),
     }
 
 

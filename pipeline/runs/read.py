@@ -107,8 +107,9 @@ class RunData:
         return records_frame(self.rows(stage, kind), stage)
 
     def final_stage(self) -> str | None:
-        """The stage whose kept records make the dataset: filter when it ran, else the last generating stage."""
-        for stage in ("filter", "evolve", "bootstrap"):
+        """The stage whose kept records make the dataset: the last of select, judge and filter that ran, else the
+        last generating stage."""
+        for stage in ("select", "judge", "filter", "evolve", "bootstrap"):
             if self.path(stage, "kept").exists():
                 return stage
         return None

@@ -27,12 +27,17 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..errors import InputError
-from ..filters.chain import filter_records
-from ..io.files import read_jsonl
+from ..filters.chain import Checks, filter_records
+from ..filters.decontaminate import ContaminationIndex
+from ..filters.safety import ToxicityFilter
+from ..io.benchmarks import load_benchmarks
+from ..io.classifiers import load_toxicity_scorer
+from ..io.embeddings import load_embedder
+from ..io.files import iter_jsonl, read_jsonl
 from ..io.readers import load_seeds
 from ..progress import Progress, no_progress
 from ..records import Record
-from ..stages import bootstrap, evolve
+from ..stages import bootstrap, evolve, judge, select
 from ..stages.export import to_alpaca, to_messages
 from ..teachers import Teacher
 from ..teachers.engine import gather_or_cancel
@@ -41,8 +46,22 @@ from ..train.tune import has_checkpoint, train
 from .read import resolve_dataset, resolve_tune_dir
 from .store import DATASET_FILES, EVAL_DIR, TUNE_DIR, Run, is_done, run_session
 
-STAGE_ORDER = ["bootstrap", "evolve", "filter", "export", "tune", "eval"]
-TEACHER_STAGES = {"bootstrap", "evolve"}
+STAGE_ORDER = ["bootstrap", "evolve", "filter", "judge", "select", "export", "tune", "eval"]
+
+
+def teacher_stages(cfg: RunConfig) -> set[str]:
+    """The stages that need the run's teacher: the generating ones, and the judge unless it has its own."""
+    return {"bootstrap", "evolve"} | ({"judge"} if cfg.judge.teacher is None else set())
+
+
+def build_checks(cfg: RunConfig) -> Checks:
+    """The filter chain's parts that come from files and models: the benchmark index (``[decontaminate]``) and
+    the toxicity classifier (``[safety]``). Raises InputError for a bad benchmark or a missing extra."""
+    index = None
+    if cfg.decontaminate.benchmarks:
+        index = ContaminationIndex(load_benchmarks(cfg.decontaminate, cfg.resolve_path), n=cfg.decontaminate.ngram)
+    toxicity = ToxicityFilter(load_toxicity_scorer(), cfg.safety.threshold) if cfg.safety.enabled else None
+    return Checks(contamination=index, toxicity=toxicity)
 
 
 def run_bootstrap(run: Run, teacher: Teacher, seeds: list[Record], progress: Progress = no_progress) -> None:
@@ -96,12 +115,12 @@ def evolve_inputs(run: Run, seeds: list[Record]) -> list[Record]:
 
 
 def run_evolve(run: Run, teacher: Teacher, records: list[Record], progress: Progress = no_progress,
-               reference: list[Record] | None = None) -> dict:
-    return teacher.run(evolve_stage(run, teacher, records, progress, reference))
+               reference: list[Record] | None = None, checks: Checks | None = None) -> dict:
+    return teacher.run(evolve_stage(run, teacher, records, progress, reference, checks))
 
 
 async def evolve_stage(run: Run, teacher: Teacher, records: list[Record], progress: Progress = no_progress,
-                       reference: list[Record] | None = None) -> dict:
+                       reference: list[Record] | None = None, checks: Checks | None = None) -> dict:
     """Evolve ``records`` (seed tasks or bootstrap kept records) for ``run.cfg.evolve.rounds`` rounds.
 
     ``reference`` starts the filter chain's novelty pool (default: ``records``, all of them, not only the
@@ -122,9 +141,10 @@ async def evolve_stage(run: Run, teacher: Teacher, records: list[Record], progre
     filter_rejected: Counter = Counter()
     summary: dict = {}
     counts: Counter = Counter()
+    kept_by_round: Counter = Counter()
 
     def emit(res: evolve.RoundResult) -> None:
-        filtered = evolve.final_filter(res.kept, reference, run.cfg.filter) if res.kept else None
+        filtered = evolve.final_filter(res.kept, reference, run.cfg.filter, checks) if res.kept else None
         accepted = list(filtered.kept) if filtered else []
         dropped = list(filtered.rejected) if filtered else []
         reference.extend(accepted)
@@ -132,6 +152,7 @@ async def evolve_stage(run: Run, teacher: Teacher, records: list[Record], progre
         files.write((r.to_dict() for r in accepted), (r.to_dict() for r in [*res.rejected, *dropped]))
         counts["evolved"] += len(res.kept)
         counts["kept"] += len(accepted)
+        kept_by_round[res.stats.round if res.stats else state.round] += len(accepted)
         rejected.update(r.reason for r in res.rejected)
         filter_rejected.update(r.reason for r in dropped)
         progress(evolve.STAGE, state.round, cfg.rounds,
@@ -147,7 +168,9 @@ async def evolve_stage(run: Run, teacher: Teacher, records: list[Record], progre
         summary = state.summary()
         evolved, kept = counts["evolved"], counts["kept"]
         summary["filter"] = {"input": evolved, "kept": kept, "rejected": sum(filter_rejected.values()),
-                             "rejected_by_reason": dict(filter_rejected.most_common())}
+                             "rejected_by_reason": dict(filter_rejected.most_common()),
+                             "lineage_aware": run.cfg.filter.lineage_aware,
+                             "kept_by_round": {str(r): n for r, n in sorted(kept_by_round.items())}}
         run.record_stage(
             evolve.STAGE, kept, rejected + filter_rejected, time.time() - t0,
             input_items=len(state.items),
@@ -161,12 +184,13 @@ async def evolve_stage(run: Run, teacher: Teacher, records: list[Record], progre
     return summary
 
 
-def run_filter(run: Run, seeds: list[Record], progress: Progress = no_progress) -> None:
+def run_filter(run: Run, seeds: list[Record], progress: Progress = no_progress, checks: Checks | None = None) -> None:
     """The final filter chain over everything generated (bootstrap and evolve, all rounds), against the seeds."""
     t0 = time.time()
     records = [Record.from_dict(row) for path in run.generated_files() for row in read_jsonl(path)]
     result = filter_records(records, run.cfg.filter, reference=seeds,
-                            progress=lambda phase, done, total: progress("filter", done, total, {"phase": phase}))
+                            progress=lambda phase, done, total: progress("filter", done, total, {"phase": phase}),
+                            checks=checks)
     files = run.stage_files("filter")
     try:
         files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
@@ -174,6 +198,80 @@ def run_filter(run: Run, seeds: list[Record], progress: Progress = no_progress) 
         files.close()
     run.record_stage("filter", len(result.kept), Counter(r.reason for r in result.rejected), time.time() - t0,
                      input=len(records), stats=result.stats)
+
+
+def run_judge(run: Run, engine: Teacher, progress: Progress = no_progress) -> None:
+    engine.run(judge_stage(run, engine, progress))
+
+
+async def judge_stage(run: Run, engine: Teacher, progress: Progress = no_progress) -> None:
+    """Score every record of the stage before (filter's kept records, usually) with ``engine``, the run's teacher
+    or ``[judge] teacher``'s, into ``<run>/judge/kept.jsonl`` (the same records, with ``scores``)."""
+    engine.stage(judge.STAGE)
+    cfg = run.cfg.judge
+    t0 = time.time()
+    records = [Record.from_dict(row) for path in run.stage_input(judge.STAGE) for row in read_jsonl(path)]
+    files = run.stage_files(judge.STAGE)
+    scored: list[Record] = []
+    problems: Counter = Counter()
+
+    def emit(batch: list[Record]) -> None:
+        engine.flush()  # the answers behind these scores are durable before the records are
+        files.write((r.to_dict() for r in batch), ())
+        scored.extend(batch)
+        progress(judge.STAGE, len(scored), len(records),
+                 {"requests": engine.usage.requests, "cached": engine.usage.cache_hits,
+                  "missing": sum(problems.values()), "in flight": engine.limit.in_flight})
+
+    progress(judge.STAGE, 0, len(records), {})
+    try:
+        await judge.score_records(records, engine, cfg, emit, problems=problems)
+    finally:
+        files.close()
+        run.record_stage(judge.STAGE, len(scored), Counter(), time.time() - t0, input=len(records),
+                         scores=list(cfg.scores), missing=dict(problems.most_common()),
+                         histograms={name: judge.histogram(scored, name) for name in cfg.scores},
+                         usage=engine.stage_usage(judge.STAGE).as_dict(), judge_model=engine.model_name)
+
+
+def read_scored(path: Path) -> list[Record]:
+    """The records of a kept file, with their scores checked against the judge's scales: a score off its scale
+    (a file edited by hand, or written by another tool) is an InputError naming the file, line and field."""
+    records = []
+    for line, row in iter_jsonl(path):
+        scores = row.get("scores") or {}
+        if not isinstance(scores, dict):
+            raise InputError(str(path), "expected an object of scores", line=line, field="scores")
+        for name, value in scores.items():
+            scale = judge.SCALES.get(name)
+            if value is None or scale is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not scale[0] <= value <= scale[1]:
+                raise InputError(str(path), f"score {value!r} is off the {scale[0]}-{scale[1]} scale", line=line,
+                                 field=f"scores.{name}")
+        records.append(Record.from_dict(row))
+    return records
+
+
+def run_select(run: Run, progress: Progress = no_progress) -> None:
+    """Apply ``[select] policies`` to the stage before's kept records (judge's, usually): ``<run>/select/kept.jsonl``
+    and, with each dropped record's policy and figures, ``select/rejected.jsonl``. Every input is read and checked
+    before anything is written."""
+    t0 = time.time()
+    cfg = run.cfg.select
+    records = [r for path in run.stage_input(select.STAGE) if path.exists() for r in read_scored(path)]
+    embed = load_embedder(cfg.embedding) if "diverse_top_k" in cfg.policies else None
+    result = select.select_records(records, cfg, embed)
+    comparison = select.compare_policies(records, cfg, embed)
+    files = run.stage_files(select.STAGE)
+    try:
+        files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
+    finally:
+        files.close()
+    progress(select.STAGE, len(result.kept), len(records), {})
+    run.record_stage(select.STAGE, len(result.kept), Counter(r.reason for r in result.rejected), time.time() - t0,
+                     input=len(records), policies=list(cfg.policies), score=cfg.score, stats=result.stats,
+                     each_policy_alone=comparison)
 
 
 def run_export(run: Run, progress: Progress = no_progress) -> None:
@@ -243,8 +341,10 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
     wanted = stages or list(cfg.stages)
     stages = [s for s in STAGE_ORDER if s in wanted]
     seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
+    pending = [s for s in stages if not is_done(run_dir, s)]
+    checks = build_checks(cfg) if {"evolve", "filter"} & set(pending) else Checks()
     # The teacher (a model in memory, a GPU engine) is built only when a stage that still has to run needs it.
-    need_teacher = any(s in TEACHER_STAGES and not is_done(run_dir, s) for s in stages)
+    need_teacher = bool(teacher_stages(cfg) & set(pending))
     with run_session(cfg, run_dir, config_path, force=force, need_teacher=need_teacher,
                      progress=progress) as (run, teacher):
         run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
@@ -263,16 +363,22 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
 
             teacher.run(gather_or_cancel([
                 done_when("bootstrap", bootstrap_stage(run, teacher, seeds, progress)),
-                done_when("evolve", evolve_stage(run, teacher, evolve_inputs(run, seeds), progress))]))
+                done_when("evolve", evolve_stage(run, teacher, evolve_inputs(run, seeds), progress,
+                                                 checks=checks))]))
         for stage in stages:
             if run.is_done(stage):
                 continue
             if stage == "bootstrap":
                 run_bootstrap(run, teacher, seeds, progress)
             elif stage == "evolve":
-                run_evolve(run, teacher, evolve_inputs(run, seeds), progress)
+                run_evolve(run, teacher, evolve_inputs(run, seeds), progress, checks=checks)
             elif stage == "filter":
-                run_filter(run, seeds, progress)
+                run_filter(run, seeds, progress, checks)
+            elif stage == "judge":
+                run_judge(run, teacher if cfg.judge.teacher is None else run.open_teacher(cfg.judge.teacher),
+                          progress)
+            elif stage == "select":
+                run_select(run, progress)
             elif stage == "export":
                 run_export(run, progress)
             elif stage == "tune":
@@ -303,12 +409,13 @@ def evolve_file(cfg: RunConfig, run_dir: Path, in_file: Path, records: list[Reco
             raise InputError(str(in_file), f"differs from the input this run started with ({old.get('file')}); "
                              "resume with the same file, or pass --force", field="input")
 
+    checks = build_checks(cfg)
     with run_session(cfg, run_dir, config_path, force=force, check=same_input, progress=progress) as (run, teacher):
         run.manifest["input"] = {"file": str(in_file), "sha256": digest, "records": len(records),
                                  "tasks": len({r.task_id or r.id for r in records})}
         if not run.is_done(evolve.STAGE):
             if force:
                 run.set_aside(evolve.STAGE)
-            run_evolve(run, teacher, records, progress)
+            run_evolve(run, teacher, records, progress, checks=checks)
             run.mark_done(evolve.STAGE)
     return run.manifest

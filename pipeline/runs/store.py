@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..config import PROJECT_ROOT, RunConfig, package_versions
+from ..config import PROJECT_ROOT, RunConfig, TeacherConfig, package_versions
 from ..errors import InputError, RunLocked
 from .. import __version__
 from ..io.files import JsonlWriter, fsync_dir, replacing_dir, write_json_atomic, write_jsonl_atomic
@@ -37,8 +37,10 @@ from ..teachers import Engine, make_backend, make_engine
 from ..teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spent
 
 MANIFEST, DONE, LOCK, CACHE, BATCHES = "manifest.json", ".done", ".lock", "cache.sqlite", "batches"
-RECORD_STAGES = ("bootstrap", "evolve", "filter")  # the stages that write kept.jsonl / rejected.jsonl
+# The stages that write kept.jsonl / rejected.jsonl (judge rejects nothing: it scores every record it keeps).
+RECORD_STAGES = ("bootstrap", "evolve", "filter", "judge", "select")
 GENERATING_STAGES = ("bootstrap", "evolve")
+_ORDER = ("bootstrap", "evolve", "filter", "judge", "select", "export")
 DATASET_DIR = "dataset"
 DATASET_FILES = {"alpaca": f"{DATASET_DIR}/train.jsonl", "messages": f"{DATASET_DIR}/messages.jsonl"}
 CARD = f"{DATASET_DIR}/README.md"
@@ -92,8 +94,16 @@ def run_inputs(cfg: RunConfig) -> dict[str, Any]:
     seeds = {}
     for p in cfg.seed_files:
         path = cfg.resolve_path(p)
-        seeds[p] = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
-    return {"config": cfg.fingerprint(), "seeds": seeds, "templates": template_hashes(), "version": __version__}
+        seeds[p] = _digest(path)
+    inputs = {"config": cfg.fingerprint(), "seeds": seeds, "templates": template_hashes(), "version": __version__}
+    files = [b.path for b in cfg.decontaminate.benchmarks if b.path]
+    if files:  # only when there are any, so runs without benchmark files keep their fingerprint
+        inputs["benchmarks"] = {p: _digest(cfg.resolve_path(p)) for p in files}
+    return inputs
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
 
 
 def inputs_fingerprint(inputs: dict[str, Any]) -> str:
@@ -128,6 +138,9 @@ def what_changed(manifest: dict, cfg: RunConfig, inputs: dict[str, Any]) -> list
             changed.append(f"seed file {name}")
     for name in sorted((old.get("seeds") or {}).keys() - inputs["seeds"].keys()):
         changed.append(f"seed file {name} (no longer listed)")
+    b_old, b_new = old.get("benchmarks") or {}, inputs.get("benchmarks") or {}
+    for name in sorted(k for k in b_old.keys() | b_new.keys() if b_old.get(k) != b_new.get(k)):
+        changed.append(f"benchmark file {name}")
     t_old, t_new = old.get("templates") or {}, inputs["templates"]
     templates = sorted(k for k in t_old.keys() | t_new.keys() if t_old.get(k) != t_new.get(k))
     if templates:
@@ -303,10 +316,17 @@ class Run:
         return [p for p in map(self.kept_file, GENERATING_STAGES) if p.exists()]
 
     def final_files(self) -> list[Path]:
-        """The kept files the dataset is made of: the filter stage's output when it ran, else the generated
-        records."""
-        if "filter" in self.cfg.stages or self.is_done("filter"):
-            return [self.kept_file("filter")]
+        """The kept files the dataset is made of: the output of the last of select, judge and filter that is in
+        the run, else the generated records."""
+        return self.stage_input("export")
+
+    def stage_input(self, stage: str) -> list[Path]:
+        """The kept files a record stage reads: those of the last record stage before it that is in the run
+        (select reads judge's, judge reads filter's, ...), else the generated records."""
+        before = [s for s in ("filter", "judge", "select") if _ORDER.index(s) < _ORDER.index(stage)]
+        for s in reversed(before):
+            if s in self.cfg.stages or self.is_done(s):
+                return [self.kept_file(s)]
         return self.generated_files()
 
     def dataset_writers(self) -> tuple[JsonlWriter, JsonlWriter]:
@@ -328,22 +348,39 @@ class Run:
 
 
 def price_for_budget(cfg: RunConfig) -> None:
-    """A cost budget needs the teacher model's price: without one it could never be enforced, so the run is
-    refused before it starts."""
-    if cfg.budget.max_cost_usd is None or not cfg.teacher.model or cfg.prices.get(cfg.teacher.model):
+    """A cost budget needs the price of every teacher model the run asks (the judge's too): without one it could
+    never be enforced, so the run is refused before it starts."""
+    if cfg.budget.max_cost_usd is None:
         return
-    raise InputError("config", f"budget.max_cost_usd is set but the teacher model {cfg.teacher.model!r} has no "
-                     f'price: add [prices."{cfg.teacher.model}"] with input_per_mtok and output_per_mtok (USD per '
-                     "million tokens), or remove the cost budget", field="prices")
+    teachers = [cfg.teacher] + ([cfg.judge.teacher] if cfg.judge.teacher and "judge" in cfg.stages else [])
+    for t in teachers:
+        if t.model and not cfg.prices.get(t.model):
+            raise InputError("config", f"budget.max_cost_usd is set but the teacher model {t.model!r} has no "
+                             f'price: add [prices."{t.model}"] with input_per_mtok and output_per_mtok (USD per '
+                             "million tokens), or remove the cost budget", field="prices")
 
 
-def budget_for(cfg: RunConfig, model_name: str) -> Budget:
+def budget_for(cfg: RunConfig, model_name: str, tcfg: TeacherConfig | None = None) -> Budget:
     """The run's budget, at the prices of the way the teacher is asked (``Price.rates``: the Batch API's in batch
-    mode). A run that changed mode on a forced resume is costed at the current mode's prices."""
-    price = cfg.prices.get(model_name) or cfg.prices.get(cfg.teacher.model)
+    mode). A run that changed mode on a forced resume is costed at the current mode's prices.
+
+    With a ``[judge] teacher`` of another model, both engines count the run's whole spending (one cache) at the
+    higher of the two models' prices per token: an upper bound, so a cost budget is never overrun (the cache does
+    not record which model answered)."""
+    tcfg = tcfg or cfg.teacher
+    price = cfg.prices.get(model_name) or cfg.prices.get(tcfg.model)
+    rates = price.rates(tcfg.mode) if price else None
+    judge = cfg.judge.teacher
+    if rates is not None and judge is not None and "judge" in cfg.stages:
+        other = (judge if tcfg is cfg.teacher else cfg.teacher)
+        other_price = cfg.prices.get(other.model)
+        if other_price is None:
+            rates = None
+        else:
+            o = other_price.rates(other.mode)
+            rates = (max(rates[0], o[0]), max(rates[1], o[1]))
     return Budget(max_requests=cfg.budget.max_requests, max_tokens=cfg.budget.max_tokens,
-                  max_cost_usd=cfg.budget.max_cost_usd,
-                  price=price.rates(cfg.teacher.mode) if price else None)
+                  max_cost_usd=cfg.budget.max_cost_usd, price=rates)
 
 
 @contextmanager
@@ -377,12 +414,13 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
     teacher = make_engine(cfg.teacher, cache, budget, backend) if backend is not None else None
     extra: list[Engine] = []
 
-    def open_teacher() -> Engine:
-        """Another engine on this session's cache and budget (the eval stage's judge, built after the
-        generating teacher was released)."""
+    def open_teacher(tcfg: TeacherConfig | None = None) -> Engine:
+        """Another engine on this session's cache and budget: the eval stage's judge, built after the generating
+        teacher was released, or ``[judge] teacher``'s (``tcfg``)."""
+        tcfg = tcfg or cfg.teacher
         price_for_budget(cfg)
-        engine = make_engine(cfg.teacher, cache, budget_for(cfg, cfg.teacher.model),
-                             make_backend(cfg.teacher, run.dir / BATCHES, progress))
+        engine = make_engine(tcfg, cache, budget_for(cfg, tcfg.model, tcfg),
+                             make_backend(tcfg, run.dir / BATCHES, progress))
         extra.append(engine)
         return engine
     run.open_teacher = open_teacher

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..config import EVOLVE_OPERATIONS, EvolveConfig, FilterConfig
-from ..filters.chain import FilterResult, filter_records
+from ..filters.chain import Checks, FilterResult, filter_records
 from ..filters.rouge import Tokenizer, lcs
 from ..prompts import render_messages
 from ..records import Record, Rejection
@@ -573,9 +573,11 @@ async def run(state: EvolveState, engine: Teacher, cfg: EvolveConfig, emit: Call
 # The filter chain over the evolved set
 
 
-def final_filter(records: list[Record], reference: list[Record], fcfg: FilterConfig) -> FilterResult:
+def final_filter(records: list[Record], reference: list[Record], fcfg: FilterConfig,
+                 checks: Checks | None = None) -> FilterResult:
     """THE single call site of the filter chain for evolved records: ``filters.chain.filter_records`` (the
-    heuristics, exact duplicates, task rules and the ROUGE-L novelty filter) with ``reference`` (the input tasks
-    and the evolved records accepted so far) as the starting pool. Returns its result (.kept, .rejected, .stats).
+    heuristics, decontamination and safety ``checks``, exact duplicates, task rules and the ROUGE-L novelty filter,
+    lineage-aware) with ``reference`` (the input tasks and the evolved records accepted so far) as the starting
+    pool. Returns its result (.kept, .rejected, .stats).
     """
-    return filter_records(records, fcfg, reference=reference)
+    return filter_records(records, fcfg, reference=reference, checks=checks)

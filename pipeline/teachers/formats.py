@@ -91,3 +91,15 @@ LABELS = OutputFormat(
 def max_tokens_for(max_tokens: int, fmt: OutputFormat | None) -> int:
     """The token limit a request is sent with: the decoding's, raised to the format's floor when it has one."""
     return max(max_tokens, fmt.min_tokens) if fmt is not None else max_tokens
+
+
+@lru_cache(maxsize=None)
+def judge_score(low: int, high: int) -> OutputFormat:
+    """A judge's score on a ``low``-``high`` scale and a one-sentence reason (stage "judge"): JSON
+    ``{"score": 4, "reason": "..."}``; grammar: the two lines the prompt asks for, ``Score: 4`` and ``Reason: ...``."""
+    schema = {"type": "object",
+              "properties": {"score": {"type": "integer", "minimum": low, "maximum": high},
+                             "reason": {"type": "string"}},
+              "required": ["score", "reason"], "additionalProperties": False}
+    gbnf = (f'root ::= "Score: " [{low}-{high}] "\\n" "Reason: " [^\\n\\x00-\\x1f] [^\\n\\x00-\\x1f]*\n')
+    return OutputFormat(f"judge_score_{low}_{high}", schema, gbnf, min_tokens=48)

@@ -73,7 +73,22 @@ CASES = {
         "teacher.api_key_env: variable PIPELINE_NO_SUCH_KEY is not set"),
     "gguf path missing": (lambda t: ["--model", f"{t}/missing.gguf"], "teacher.model: GGUF not found"),
     "bad --set syntax": (lambda t: ["--set", "bootstrap.target_instructions"], "expected KEY=VALUE"),
+    "benchmark without the named field": (
+        lambda t: _benchmark(t, b'{"prompt": "What is two plus two?"}\n', 'fields = ["question"]'),
+        "bench.jsonl:1: question: the benchmark has no such field"),
+    "benchmark file missing": (lambda t: _config(t, '[decontaminate]\nbenchmarks = [{path = "%s/none.jsonl", '
+                                                   'fields = ["q"]}]\n' % t),
+                               "none.jsonl: decontaminate.benchmarks.0.path: benchmark file not found"),
+    "benchmark without fields": (lambda t: _config(t, '[decontaminate]\nbenchmarks = [{path = "x.jsonl"}]\n'),
+                                 "cfg.toml:2: decontaminate.benchmarks.0: Value error, a benchmark file needs fields"),
+    "unknown select policy": (lambda t: _config(t, '[select]\npolicies = ["best_k"]\n'),
+                              "cfg.toml:2: select.policies.0: Input should be"),
 }
+
+
+def _benchmark(tmp_path, data: bytes, fields: str) -> list[str]:
+    (tmp_path / "bench.jsonl").write_bytes(data)
+    return _config(tmp_path, f'[decontaminate]\nbenchmarks = [{{path = "{tmp_path}/bench.jsonl", {fields}}}]\n')
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
