@@ -1,6 +1,7 @@
 """Evolved records kept per round with and without lineage-aware novelty, replayed on a finished run.
 
     python bench/evolve_lineage.py RUN_DIR
+    python bench/evolve_lineage.py --ideal SEED_FILE [SEED_FILE ...]
 
 Which records an evolve run produces does not depend on the filter (a candidate that passes elimination becomes
 its lineage's head whether or not the filter keeps it), so the filter's decisions can be replayed exactly from the
@@ -8,6 +9,9 @@ run's files: every candidate that reached the filter chain (``evolve/kept.jsonl`
 ``evolve/rejected.jsonl``), round by round in pool order, against the seed tasks and the records kept in earlier
 rounds, once with ``filter.lineage_aware = false`` (each child compared with its own parent, the old rule) and
 once with ``true``. Prints kept per round and the rejection reasons for both.
+
+``--ideal`` measures the rule on ideal in-depth rewrites instead: every seed task's instruction with 15 words
+added (what the evolve templates ask for), as round 1, and that again as round 2, filtered against the seeds.
 """
 from __future__ import annotations
 
@@ -53,5 +57,37 @@ def main(run_dir: Path) -> None:
         print(f"lineage_aware={str(aware).lower():5}  kept per round {kept_by_round}  rejected {dict(reasons)}")
 
 
+def ideal(seed_files: list[str], added: int = 15) -> None:
+    import random
+    import re
+    from pipeline.config import FilterConfig
+    seeds = load_seeds([Path(f) for f in seed_files])
+    firsts = {s.task_id: s for s in seeds}
+    # Each rewrite adds its own words (drawn from the seeds' outputs), as real deepenings add different
+    # constraints: one shared suffix would make every lineage a near copy of every other.
+    vocab = sorted({w for s in seeds for w in re.findall(r"[a-z]{4,}", s.output.lower())})
+    rng = random.Random(0)
+    print(f"{len(firsts)} seed tasks; each round adds {added} words to the parent instruction "
+          f"(from {len(vocab)} distinct words)")
+    for aware in (False, True):
+        rng.seed(0)
+        fcfg = FilterConfig(lineage_aware=aware)
+        reference, parents, kept_by_round = list(seeds), list(firsts.values()), {}
+        for rnd in (1, 2):
+            kids = [Record(id=f"{p.root_id or p.id}-r{rnd}", task_id=f"{p.root_id or p.id}-r{rnd}",
+                           instruction=f"{p.instruction.rstrip('.')}, {' '.join(rng.sample(vocab, added))}.",
+                           input=p.input, output=f"A fresh answer number {k} for this deeper task, rnd {rnd}.",
+                           source="evolve", parent_id=p.id, root_id=p.root_id or p.id, round=rnd)
+                    for k, p in enumerate(parents)]
+            res = filter_records(kids, fcfg, reference=reference)
+            reference.extend(res.kept)
+            kept_by_round[rnd] = f"{len(res.kept)}/{len(kids)}"
+            parents = kids  # the head moves on whether or not the filter kept it
+        print(f"lineage_aware={str(aware).lower():5}  kept per round {kept_by_round}")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if sys.argv[1] == "--ideal":
+        ideal(sys.argv[2:])
+    else:
+        main(Path(sys.argv[1]))

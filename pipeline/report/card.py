@@ -75,14 +75,27 @@ def render_card(run: RunData) -> str:
                      "evolutions were eliminated and retried; the teacher answered every evolved instruction.")
     if any(s["stage"] == "filter" for s in stages):
         lines.append("- **filter**: exact duplicates, quality heuristics (length, refusals, repetition, truncation), "
-                     "and ROUGE-L novelty over everything generated and the seeds.")
+                     "and ROUGE-L novelty over everything generated and the seeds (an evolved instruction is not "
+                     "compared with its own ancestors and descendants)." + _checks_sentence(cfg))
+    if any(s["stage"] == "judge" for s in stages):
+        judge = (cfg.get("judge") or {})
+        jt = judge.get("teacher") or {}
+        lines.append("- **judge**: a teacher" + (f" (`{jt.get('model')}`)" if jt.get("model") else " (the same one)")
+                     + " scored every record: " + ", ".join(judge.get("scores") or []) + " (quality 0-5, complexity "
+                     "1-5; `scores` in the records, missing where the reply held no score).")
+    if any(s["stage"] == "select" for s in stages):
+        sel = cfg.get("select") or {}
+        lines.append("- **select**: policies " + " then ".join(f"`{p}`" for p in sel.get("policies") or [])
+                     + f" by `{sel.get('score')}` (k = {sel.get('k')}, min_quality = {sel.get('min_quality')}, "
+                     f"max_similarity = {sel.get('max_similarity')}).")
     lines += [
         "",
         filter_line,
         "",
         "## Counts",
         "",
-        _table([(f"{s['stage']} kept", s["kept"]) for s in generated + [s for s in stages if s["stage"] == "filter"]]
+        _table([(f"{s['stage']} kept", s["kept"]) for s in generated
+                + [s for s in stages if s["stage"] in ("filter", "select")]]
                + [("rows exported", o["dataset_rows"])]
                + [(f"rejected, {k}", v) for k, v in sorted(rejected.items(), key=lambda kv: -kv[1])]
                + [("teacher tokens in / out", f"{o['prompt_tokens']:,} / {o['completion_tokens']:,}"
@@ -122,3 +135,17 @@ def write_card(run_dir: str | Path) -> Path:
     path = run.card_path
     write_text_atomic(path, render_card(run))
     return path
+
+
+def _checks_sentence(cfg: dict) -> str:
+    """What the filter checked beyond its rules: benchmarks (decontamination) and toxicity."""
+    parts = []
+    benches = (cfg.get("decontaminate") or {}).get("benchmarks") or []
+    if benches:
+        names = [b.get("name") or b.get("package") or b.get("path") for b in benches]
+        parts.append(f" Records sharing a {(cfg.get('decontaminate') or {}).get('ngram', 13)}-word run with "
+                     "an item of " + ", ".join(f"`{n}`" for n in names) + " were removed as contaminated.")
+    if (cfg.get("safety") or {}).get("enabled"):
+        parts.append(f" Records a toxicity classifier scored above {cfg['safety'].get('threshold')} were removed.")
+    return "".join(parts)
+

@@ -161,9 +161,11 @@ def score_bars(histograms: dict[str, dict[str, int]] | None, title: str) -> str 
     fig, axes = plt.subplots(1, len(histograms), figsize=(4.2 * len(histograms), 2.8), squeeze=False)
     for ax, (name, hist), color in zip(axes[0], histograms.items(), PALETTE):
         keys = list(hist)
-        ax.bar(keys, [hist[k] for k in keys], color=[color if k != "missing" else "#bab0ac" for k in keys])
+        x = list(range(len(keys)))  # positions, not the labels: matplotlib warns on number-like category names
+        ax.bar(x, [hist[k] for k in keys], color=[color if k != "missing" else "#bab0ac" for k in keys])
         for i, k in enumerate(keys):
             ax.text(i, hist[k], f"{hist[k]}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, keys)
         ax.set(xlabel=name, ylabel="records")
     fig.suptitle(title)
     fig.tight_layout()

@@ -119,8 +119,8 @@ class RunData:
         stage = self.final_stage()
         if stage is None:
             return []
-        if stage == "filter":
-            return self.rows("filter", "kept")
+        if stage in ("filter", "judge", "select"):
+            return self.rows(stage, "kept")
         return [row for s in ("bootstrap", "evolve") for row in self.rows(s, "kept")]
 
     def seed_files(self) -> list[Path]:

@@ -24,6 +24,9 @@ import random
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from ..config import RunConfig
 from ..errors import InputError
@@ -253,6 +256,19 @@ def read_scored(path: Path) -> list[Record]:
     return records
 
 
+def _remembered(embed: Callable[[list[str]], np.ndarray]) -> Callable[[list[str]], np.ndarray]:
+    """``embed`` that embeds each distinct text once (the policy and the comparison table ask for the same)."""
+    rows: dict[str, np.ndarray] = {}
+
+    def embed_once(texts: list[str]) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in rows]
+        if new:
+            rows.update(zip(new, embed(new)))
+        return np.stack([rows[t] for t in texts]) if texts else embed([])
+
+    return embed_once
+
+
 def run_select(run: Run, progress: Progress = no_progress) -> None:
     """Apply ``[select] policies`` to the stage before's kept records (judge's, usually): ``<run>/select/kept.jsonl``
     and, with each dropped record's policy and figures, ``select/rejected.jsonl``. Every input is read and checked
@@ -260,7 +276,7 @@ def run_select(run: Run, progress: Progress = no_progress) -> None:
     t0 = time.time()
     cfg = run.cfg.select
     records = [r for path in run.stage_input(select.STAGE) if path.exists() for r in read_scored(path)]
-    embed = load_embedder(cfg.embedding) if "diverse_top_k" in cfg.policies else None
+    embed = _remembered(load_embedder(cfg.embedding)) if "diverse_top_k" in cfg.policies else None
     result = select.select_records(records, cfg, embed)
     comparison = select.compare_policies(records, cfg, embed)
     files = run.stage_files(select.STAGE)

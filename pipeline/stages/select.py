@@ -1,5 +1,6 @@
 """The select stage: choose the records the dataset keeps, by named policies over judge scores, lengths and
-embeddings. Pure: records in, kept and rejected out; the caller passes the embedding function.
+embeddings. Pure: records in, kept and rejected out; the caller passes the embedding function
+(``io.embeddings.load_embedder``), so nothing here reads a file or loads a model.
 
 Policies run in ``SelectConfig.policies`` order, each on what the previous one kept:
 
@@ -7,14 +8,18 @@ Policies run in ``SelectConfig.policies`` order, each on what the previous one k
   quality score is dropped as ``no_score``: a missing score is never guessed.
 * ``top_k``: the ``k`` best by ``score`` (``quality``, ``complexity`` or ``deita`` = quality x complexity).
   Ties keep input order; records without the score rank after every scored one.
-* ``longest_k``: the ``k`` longest outputs in words ("Long Is More": the 1K longest responses are a strong
-  baseline). Ties keep input order.
-* ``diverse_top_k`` (Deita): in score order, take a record unless its embedding's cosine similarity with one
-  already taken is above ``max_similarity``; stop at ``k``. What is embedded is the whole sample (instruction,
-  input and output), as Deita does, so two tasks that ask the same thing with different wording are near.
+* ``longest_k``: the ``k`` longest outputs in words (whitespace split; "Long Is More": the 1K longest responses
+  are a strong baseline). Ties keep input order.
+* ``diverse_top_k`` (Deita): in score order (as ``top_k``), take a record unless its embedding's cosine similarity
+  with one already taken is above ``max_similarity``; stop at ``k``. What is embedded is the whole sample,
+  ``instruction + "\\n" + input + "\\n" + output``, as Deita does: two records that ask the same thing in other
+  words and answer it alike are near, while one instruction answered two different ways is not a repeat. The
+  embedder's rows are normalised here (it is not trusted to return unit vectors); an all-zero row has similarity
+  0 with everything, so it is never skipped.
 
 Kept records stay in input order. A dropped record is a ``Rejection`` (stage "select") whose reason is the
-policy (``too_similar`` and ``top_k_full`` for diverse_top_k) with the figures that decided it.
+policy's (``no_score`` / ``min_quality``, ``top_k``, ``longest_k``, ``too_similar`` / ``top_k_full``) with the
+figures that decided it and the policy that dropped it.
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ from ..records import Record, Rejection
 
 STAGE = "select"
 Embed = Callable[[list[str]], np.ndarray]
-_CHUNK = 512  # diverse_top_k compares this many candidates at once against everything taken
+Drops = dict[int, tuple[str, dict[str, Any]]]  # position in the policy's input -> (reason, details)
+# diverse_top_k compares this many candidates at once with everything taken before them (one matrix product),
+# then one by one with those taken inside the block.
+_CHUNK = 512
 
 
 @dataclass
@@ -47,16 +55,21 @@ def rank_score(rec: Record, score: str) -> float | None:
     return None if v is None else float(v)
 
 
+def embedding_text(rec: Record) -> str:
+    """What diverse_top_k embeds: the whole sample (see the module docstring)."""
+    return f"{rec.instruction}\n{rec.input}\n{rec.output}"
+
+
+def output_words(rec: Record) -> int:
+    return len(rec.output.split())
+
+
 def _rank_order(values: list[float | None]) -> list[int]:
     """Positions by value, highest first; ties in input order; missing values last (in input order)."""
     return sorted(range(len(values)), key=lambda i: (values[i] is None, -(values[i] or 0.0), i))
 
 
-def _output_words(rec: Record) -> int:
-    return len(rec.output.split())
-
-
-def _min_quality(recs: list[Record], cfg: SelectConfig) -> tuple[list[int], dict[int, tuple[str, dict]]]:
+def _min_quality(recs: list[Record], cfg: SelectConfig) -> tuple[list[int], Drops]:
     keep, drop = [], {}
     for i, r in enumerate(recs):
         q = r.scores.get("quality")
@@ -69,80 +82,99 @@ def _min_quality(recs: list[Record], cfg: SelectConfig) -> tuple[list[int], dict
     return keep, drop
 
 
-def _by_rank(recs: list[Record], cfg: SelectConfig, policy: str) -> tuple[list[int], dict[int, tuple[str, dict]]]:
-    """top_k by the score, or longest_k by output words."""
-    if policy == "top_k":
-        values: list[float | None] = [rank_score(r, cfg.score) for r in recs]
-        name = cfg.score
-    else:
-        values = [float(_output_words(r)) for r in recs]
-        name = "output_words"
+def _top_k(recs: list[Record], cfg: SelectConfig) -> tuple[list[int], Drops]:
+    values = [rank_score(r, cfg.score) for r in recs]
     order = _rank_order(values)
     kept = order[:cfg.k]
     cutoff = values[kept[-1]] if kept else None
-    drop = {i: (policy, {"score": name, "value": values[i], "rank": rank + 1, "k": cfg.k, "cutoff": cutoff})
-            for rank, i in enumerate(order) if rank >= cfg.k}
+    drop = {i: ("top_k", {"score": cfg.score, "value": values[i], "rank": rank, "k": cfg.k, "cutoff": cutoff})
+            for rank, i in enumerate(order[cfg.k:], start=cfg.k + 1)}
     return sorted(kept), drop
 
 
-def _diverse(recs: list[Record], cfg: SelectConfig, embed: Embed | None
-             ) -> tuple[list[int], dict[int, tuple[str, dict]]]:
+def _longest_k(recs: list[Record], cfg: SelectConfig) -> tuple[list[int], Drops]:
+    words = [output_words(r) for r in recs]
+    order = sorted(range(len(recs)), key=lambda i: (-words[i], i))
+    kept = order[:cfg.k]
+    cutoff = words[kept[-1]] if kept else None
+    drop = {i: ("longest_k", {"output_words": words[i], "rank": rank, "k": cfg.k, "cutoff": cutoff})
+            for rank, i in enumerate(order[cfg.k:], start=cfg.k + 1)}
+    return sorted(kept), drop
+
+
+def _unit_rows(vecs: Any, n: int) -> np.ndarray:
+    """The embedder's answer as unit float32 rows, after checking it is one finite row per text."""
+    arr = np.asarray(vecs, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] != n:
+        raise ValueError(f"the embedding function returned shape {arr.shape} for {n} texts; expected ({n}, d)")
+    if not np.isfinite(arr).all():
+        raise ValueError("the embedding function returned NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    return np.ascontiguousarray(arr / np.where(norms > 0, norms, 1.0))
+
+
+def _diverse_top_k(recs: list[Record], cfg: SelectConfig, embed: Embed | None) -> tuple[list[int], Drops]:
+    """Greedy Deita selection. The taken embeddings grow as rows of one preallocated matrix; each block of
+    ``_CHUNK`` candidates is compared with all of them in one product, and with the ones taken inside the block
+    through the block's own Gram matrix, so the Python loop does O(1) numpy calls per candidate."""
     if embed is None:
-        raise ValueError("diverse_top_k needs an embedding function (io.embeddings.load_embedder)")
-    values = [rank_score(r, cfg.score) for r in recs]
-    order = _rank_order(values)
+        raise ValueError("diverse_top_k needs an embedding function: pass embed=pipeline.io.embeddings."
+                         "load_embedder(cfg.embedding)")
     if not recs:
         return [], {}
-    vecs = np.asarray(embed(["\n".join((r.instruction, r.input, r.output)) for r in recs]), dtype=np.float32)
-    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
-    vecs = vecs / np.where(norms > 0, norms, 1.0)  # unit rows, whatever the embedder returned
-    taken: list[int] = []
-    mat = np.zeros((min(cfg.k, len(recs)), vecs.shape[1]), dtype=np.float32)
-    drop: dict[int, tuple[str, dict]] = {}
-    rank_of = {i: r + 1 for r, i in enumerate(order)}
-    pos = 0
-    while pos < len(order) and len(taken) < cfg.k:
-        chunk = order[pos:pos + _CHUNK]
-        pos += len(chunk)
-        cv = vecs[chunk]
-        against_taken = cv @ mat[:len(taken)].T if taken else np.zeros((len(chunk), 0), dtype=np.float32)
-        within = cv @ cv.T
-        taken_here: list[int] = []  # positions in the chunk taken so far
-        for j, i in enumerate(chunk):
+    values = [rank_score(r, cfg.score) for r in recs]
+    order = _rank_order(values)
+    vecs = _unit_rows(embed([embedding_text(r) for r in recs]), len(recs))
+    mat = np.empty((min(cfg.k, len(recs)), vecs.shape[1]), dtype=np.float32)
+    taken: list[int] = []  # record positions, in the order taken (= the rows of mat)
+    drop: Drops = {}
+    done = 0  # candidates of `order` looked at
+    while done < len(order) and len(taken) < cfg.k:
+        block = order[done:done + _CHUNK]
+        cv = vecs[block]
+        before = len(taken)
+        if before:
+            sims = cv @ mat[:before].T
+            best_before, row_before = sims.max(axis=1).tolist(), sims.argmax(axis=1).tolist()
+        else:
+            best_before, row_before = [-np.inf] * len(block), [-1] * len(block)
+        gram = cv @ cv.T
+        here: list[int] = []  # offsets in the block of the candidates taken from it
+        for j, i in enumerate(block):
             if len(taken) >= cfg.k:
-                pos -= len(chunk) - j  # the rest of the chunk was not reached
                 break
-            best, nearest = -2.0, None
-            if against_taken.shape[1]:
-                t = int(np.argmax(against_taken[j]))
-                best, nearest = float(against_taken[j, t]), taken[t]
-            if taken_here:
-                h = int(np.argmax(within[j, taken_here]))
-                if float(within[j, taken_here[h]]) > best:
-                    best, nearest = float(within[j, taken_here[h]]), chunk[taken_here[h]]
+            done += 1
+            best, row = best_before[j], row_before[j]
+            if here:
+                w = gram[j, here]
+                h = int(w.argmax())
+                if w[h] > best:
+                    best, row = float(w[h]), before + h
             if best > cfg.max_similarity:
-                drop[i] = ("too_similar", {"similarity": round(best, 4), "nearest_id": recs[nearest].id,
+                drop[i] = ("too_similar", {"similarity": round(best, 4), "nearest_id": recs[taken[row]].id,
                                            "max_similarity": cfg.max_similarity, "score": cfg.score,
-                                           "value": values[i], "rank": rank_of[i]})
+                                           "value": values[i], "rank": done})
                 continue
             mat[len(taken)] = cv[j]
             taken.append(i)
-            taken_here.append(j)
-    for i in order[pos:]:
-        drop[i] = ("top_k_full", {"score": cfg.score, "value": values[i], "rank": rank_of[i], "k": cfg.k})
+            here.append(j)
+    for rank, i in enumerate(order[done:], start=done + 1):
+        drop[i] = ("top_k_full", {"score": cfg.score, "value": values[i], "rank": rank, "k": cfg.k})
     return sorted(taken), drop
 
 
 def apply_policy(recs: list[Record], cfg: SelectConfig, policy: str, embed: Embed | None = None
-                 ) -> tuple[list[int], dict[int, tuple[str, dict]]]:
-    """(positions kept, position -> (reason, details) dropped) of one policy over ``recs``."""
+                 ) -> tuple[list[int], Drops]:
+    """(positions kept, in input order; position -> (reason, details) of the dropped) of one policy."""
     if policy == "min_quality":
         return _min_quality(recs, cfg)
-    if policy in ("top_k", "longest_k"):
-        return _by_rank(recs, cfg, policy)
+    if policy == "top_k":
+        return _top_k(recs, cfg)
+    if policy == "longest_k":
+        return _longest_k(recs, cfg)
     if policy == "diverse_top_k":
-        return _diverse(recs, cfg, embed)
-    raise ValueError(f"unknown policy {policy!r} (known: {', '.join(SELECT_POLICIES)})")
+        return _diverse_top_k(recs, cfg, embed)
+    raise ValueError(f"unknown select policy {policy!r} (known: {', '.join(SELECT_POLICIES)})")
 
 
 def select_records(records: list[Record], cfg: SelectConfig, embed: Embed | None = None) -> SelectResult:
@@ -163,10 +195,7 @@ def select_records(records: list[Record], cfg: SelectConfig, embed: Embed | None
 
 
 def compare_policies(records: list[Record], cfg: SelectConfig, embed: Embed | None = None) -> dict[str, int]:
-    """How many records each policy alone would keep from the whole input (diverse_top_k only with ``embed``)."""
-    out = {}
-    for policy in SELECT_POLICIES:
-        if policy == "diverse_top_k" and embed is None:
-            continue
-        out[policy] = len(apply_policy(records, cfg, policy, embed)[0])
-    return out
+    """How many records each policy alone would keep from the whole input, for the report's table.
+    diverse_top_k is left out without ``embed`` (and embeds the whole input again with it)."""
+    return {policy: len(apply_policy(records, cfg, policy, embed)[0]) for policy in SELECT_POLICIES
+            if policy != "diverse_top_k" or embed is not None}

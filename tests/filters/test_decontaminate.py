@@ -64,3 +64,20 @@ def test_every_planted_row_is_found_among_many_clean_ones():
     for i, r in planted:
         verdict = index.check(r)
         assert verdict is not None and verdict[1]["item"] == str(i)
+
+
+def test_the_chain_rejects_contaminated_records_and_counts_hits_per_benchmark():
+    from pipeline.config import FilterConfig
+    from pipeline.filters.chain import Checks, filter_records
+
+    index = ContaminationIndex([BenchmarkItem("humaneval", "HumanEval/7", ITEM), BenchmarkItem("mine", "m1", ITEM)])
+    words = normal_words(ITEM)
+    recs = [Record(id="a", task_id="a", instruction="Solve the following programming exercise carefully.",
+                   input=" ".join(words[2:15]), output="def f(xs): return sum(x * x for x in xs if x > 0 and x % 2)"),
+            Record(id="b", task_id="b", instruction="Name three rivers that flow through Europe.",
+                   output="The Danube, the Rhine and the Loire.")]
+    res = filter_records(recs, FilterConfig(), checks=Checks(contamination=index))
+    assert [r.id for r in res.kept] == ["b"]
+    assert res.rejected[0].reason == CONTAMINATED and res.rejected[0].details["item"] == "HumanEval/7"
+    assert res.stats["contamination"]["hits_by_benchmark"] == {"humaneval": 1}
+    assert filter_records(recs, FilterConfig()).stats["contamination"] is None
