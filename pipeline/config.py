@@ -6,6 +6,8 @@ below, which are the embedded demo (SmolLM2-135M-Instruct through llama-cpp-pyth
 """
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import json
 import re
@@ -346,12 +348,19 @@ class TuneConfig(_Section):
 class EvalConfig(_Section):
     """Base model against the tuned adapter on the held-out split (``pipeline eval``; stage "eval")."""
 
+    # Held-out human tasks: this share of the seed tasks (by task id, stratified by classification) is set aside
+    # before any generation step sees the seeds; None = 0.1 when the run's stages include "eval", else 0.
+    heldout_share: float | None = Field(None, ge=0.0, lt=1.0)
+    heldout_seed: int = 0
+    heldout_files: list[str] = []  # more human task files (seed formats), used only for evaluation
     max_new_tokens: int = Field(128, ge=1)
     batch_size: int = Field(8, ge=1)
-    max_examples: int = Field(0, ge=0)  # 0 = the whole held-out split
-    judge: bool = False  # pairwise judge win rate using [teacher]
-    judge_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=8)
-    seed: int = 0  # A/B order of the judge prompts
+    max_examples: int = Field(0, ge=0)  # 0 = every held-out task
+    judge: bool = False  # pairwise judge score against the base model, with the [judge] teacher (else [teacher])
+    # The judge answers with its verdict on the first line and a one-line reason after it.
+    judge_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=48)
+    seed: int = 0  # the bootstrap resamples
+    bootstrap_rounds: int = Field(1000, ge=0)  # resamples for the 95% intervals; 0 = no intervals
     num_threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = as in the tune run
 
 EVOLVE_OPERATIONS = ("constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth")
@@ -444,6 +453,13 @@ class RunConfig(_Section):
                 teacher.pop("mode")
         return data
 
+    def heldout_share(self) -> float:
+        """The share of seed tasks held out for evaluation (``eval.heldout_share``; unset: 0.1 with an eval
+        stage, else 0)."""
+        if self.eval.heldout_share is not None:
+            return self.eval.heldout_share
+        return 0.1 if "eval" in self.stages else 0.0
+
     def resolve_path(self, p: str) -> Path:
         """Relative paths in a config are relative to the project root, so the demo runs from anywhere."""
         path = Path(p).expanduser()
@@ -496,14 +512,15 @@ def apply_override(data: dict, dotted: str, raw_value: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None,
-                sets: list[str] | None = None) -> RunConfig:
-    """Read a TOML config (or the demo defaults), apply CLI overrides, validate.
+                sets: list[str] | None = None, base: dict[str, Any] | None = None) -> RunConfig:
+    """Read a TOML config (or ``base``, e.g. a run manifest's config, or the demo defaults), apply CLI overrides,
+    validate.
 
     ``overrides`` maps dotted keys to already-typed values (from named CLI flags); ``sets`` holds raw
     ``key=value`` strings from ``--set``.
     """
-    text, source = "", "<defaults>"
-    data: dict[str, Any] = {}
+    text, source = "", "<defaults>" if base is None else "<the run's manifest>"
+    data: dict[str, Any] = copy.deepcopy(base) if base is not None else {}
     if path is not None:
         source = str(path)
         p = Path(path)

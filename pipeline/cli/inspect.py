@@ -1,7 +1,8 @@
 """``pipeline inspect RUN_DIR [RUN_B]``: the morning-after look at a run.
 
 inspect prints rich tables (or JSON with --json): per stage kept and rejected by reason, tokens, cost, time and
-rates, and the diversity of the kept instructions; with --rejected/--kept/--query it shows records instead; with a
+rates, the diversity of the kept instructions, and the run's evaluations (``pipeline eval``, ``pipeline
+compare-data``) when it has them; with --rejected/--kept/--query it shows records instead; with a
 second run directory it compares the two.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import InputError
-from ..report.summary import compare, summarize
+from ..report.summary import ci_text, compare, summarize
 from ..runs.read import RunData, records_frame
 from .common import fail
 
@@ -84,6 +85,7 @@ def _print_summary(s: dict[str, Any]) -> None:
         div.add_row(key, _fmt(value))
     out.print(div)
     _print_quality(s["quality"])
+    _print_evaluation(s["evaluation"])
 
 
 def _print_quality(q: dict[str, Any]) -> None:
@@ -124,6 +126,64 @@ def _print_quality(q: dict[str, Any]) -> None:
     if r and r.get("mode") != "off":
         out.print(f"repeated responses ({r['mode']}): {_fmt(r.get('exact'))} exact, {_fmt(r.get('near'))} near, "
                   f"of {_fmt(r.get('compared'))} outputs compared", highlight=False)
+
+
+def _eval_caption(e: dict[str, Any]) -> str:
+    return (f"tasks: {_fmt(e['tasks_source'])}, {_fmt(e['classification_tasks'])} of them classification; base model "
+            f"{_fmt(e['base_model'])}; values with 95% bootstrap intervals over tasks")
+
+
+def _print_judge(e: dict[str, Any]) -> None:
+    for m in e["models"]:
+        j = m["judge_record"]
+        if j:
+            out.print(f"judge {_fmt(e['judge_model'])} on {_fmt(m['model'])} vs base: score {ci_text(m['judge'])} "
+                      f"(win 1, tie 0.5, loss 0, both orders): {j['wins']} wins, {j['ties']} ties, {j['losses']} "
+                      f"losses, {j['unjudged']} unjudged; verdicts A {j['answered_A']} / B {j['answered_B']} / tie "
+                      f"{j['answered_tie']} / unreadable {j['invalid']}", highlight=False)
+    if e["note"]:
+        out.print(_fmt(e["note"]), style="dim", highlight=False)
+
+
+def _print_evaluation(ev: dict[str, Any]) -> None:
+    """``pipeline eval``'s table: the models side by side (and each tuned model minus the base model, paired);
+    ``pipeline compare-data``'s: one row per model with the rows its selection kept."""
+    e = ev["eval"]
+    if e:
+        tuned = [m for m in e["models"] if m["model"] != "base"]
+        t = Table(title=f"evaluation on {_fmt(e['examples'])} held-out tasks", caption=_eval_caption(e))
+        t.add_column("metric")
+        for m in e["models"]:
+            t.add_column(_fmt(m["model"]), justify="right")
+        for m in tuned:
+            t.add_column(f"{_fmt(m['model'])} - base", justify="right")
+        for metric in e["metrics"]:
+            key, digits = metric["key"], metric["digits"]
+            t.add_row(metric["label"], *(ci_text(m[key], digits) for m in e["models"]),
+                      *(ci_text((m["difference"] or {}).get(key), digits, signed=True) for m in tuned))
+        t.add_row("reference loss (nll/token)", *(_fmt(m["reference_loss"]) for m in e["models"]), *[""] * len(tuned))
+        t.add_row("new tokens (mean)", *(_fmt(m["mean_new_tokens"]) for m in e["models"]), *[""] * len(tuned))
+        out.print(t)
+        _print_judge(e)
+    c = ev["compare"]
+    if c:
+        sel = c["selections"] or {}
+        steps = sorted({m["steps"] for m in c["models"] if m["steps"] is not None})
+        caption = (_eval_caption(c) + "; kept: the rows of the selection"
+                   + (f", each adapter tuned for {', '.join(map(_fmt, steps))} steps" if steps else ""))
+        # Six scores with their intervals fill the 160 columns of piped output: short headers, no outer edge.
+        t = Table(title=f"data comparison on {_fmt(c['examples'])} held-out tasks: one adapter per selection of the "
+                        f"{_fmt(sel.get('input'))} records kept by {_fmt(sel.get('input_stage'))}",
+                  caption=caption, show_edge=False, pad_edge=False)
+        t.add_column("model", overflow="fold")
+        t.add_column("kept", justify="right")
+        for metric in c["metrics"]:
+            t.add_column(metric["label"], justify="right")
+        for m in c["models"]:
+            t.add_row(_fmt(m["model"]), _fmt(m["kept"]),
+                      *(ci_text(m[metric["key"]], metric["digits"]) for metric in c["metrics"]))
+        out.print(t)
+        _print_judge(c)
 
 
 def _print_compare(rows: list[dict[str, Any]], a: str, b: str) -> None:

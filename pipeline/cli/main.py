@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from . import check_teacher, evolve, inspect, report, run, tune
+from . import check_teacher, compare, evolve, inspect, report, run, tune
 from . import eval as eval_cmd
 from .common import report_unexpected
 from . import filter as filter_cmd
@@ -20,6 +20,7 @@ app.command("bootstrap")(run.bootstrap_command)
 app.command("check-teacher")(check_teacher.check_teacher_command)
 app.command("tune")(tune.tune_command)
 app.command("eval")(eval_cmd.eval_command)
+app.command("compare-data")(compare.compare_command)
 app.command("filter")(filter_cmd.filter_command)
 app.command("evolve")(evolve.evolve_command)
 app.command("inspect")(inspect.inspect_command)

@@ -1,5 +1,6 @@
 """``pipeline report RUN_DIR``: one self-contained HTML file (inline SVG charts and CSS, no scripts, nothing
-fetched) that shows what a run kept, what it rejected and why, and how diverse the kept instructions are."""
+fetched) that shows what a run kept, what it rejected and why, how diverse the kept instructions are, and how the
+models tuned on them did (``pipeline eval``, ``pipeline compare-data``) when the run was evaluated."""
 from __future__ import annotations
 
 import random
@@ -12,11 +13,13 @@ import jinja2
 from ..io.files import write_text_atomic
 from ..runs.read import RunData, records_frame
 from . import plots
-from .summary import data_quality, diversity, evolve_stats, overview, seed_similarity, stage_rows
+from .summary import (ci_text, data_quality, diversity, evaluation, evolve_stats, overview, seed_similarity,
+                      stage_rows)
 from .verbs import first_words, parser_name, top_pairs, verb_objects
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # pipeline/templates, the package data
 SAMPLE_TEXT_CHARS = 600
+EVAL_SAMPLE = 5  # result rows shown per evaluation
 
 
 def _clip(text: str, n: int = SAMPLE_TEXT_CHARS) -> str:
@@ -47,6 +50,22 @@ def _rejected_samples(run: RunData, per_reason: int, seed: int) -> list[dict[str
     return out
 
 
+def _eval_samples(run: RunData, kind: str, seed: int) -> list[dict[str, Any]]:
+    """A few result rows of an evaluation: the task, the base model's and a tuned model's answers, the judge's
+    verdicts (the tuned answer was A in the first order, B in the second) and reasons."""
+    out = []
+    for row in run.eval_samples(kind, EVAL_SAMPLE, seed):
+        judge = row.get("judge") or {}
+        reasons = [r for r in judge.get("reasons") or [] if r]
+        out.append({"task_id": row.get("task_id", ""), "model": row.get("model", ""),
+                    "prompt": _clip(row.get("prompt", ""), 400), "reference": _clip(row.get("reference", ""), 300),
+                    "base_answer": _clip(row.get("base_answer", ""), 400), "answer": _clip(row.get("answer", ""), 400),
+                    "rouge_l": (row.get("scores") or {}).get("rouge_l"),
+                    "verdicts": " / ".join(map(str, judge.get("verdicts") or [])), "judge_score": judge.get("score"),
+                    "reasons": [_clip(r, 200) for r in reasons]})
+    return out
+
+
 def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, Any]:
     rows = run.final_rows()
     final = records_frame(rows, run.final_stage() or "")
@@ -65,6 +84,7 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
     seed_score = dict(zip((r.get("id") for r in rows), scores or []))
     stages = stage_rows(run)
     quality = data_quality(run)
+    evals = evaluation(run)
     threshold = ((run.manifest.get("config") or {}).get("filter") or {}).get("rouge_threshold", 0.7)
     samples = [{"id": r.get("id", ""), "source": r.get("source", ""), "instruction": _clip(r.get("instruction", "")),
                 "input": _clip(r.get("input", ""), 300), "output": _clip(r.get("output", "")),
@@ -88,8 +108,13 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
             "reasons": plots.reason_bars(stages, "why candidates were rejected"),
             "evolve": plots.evolve_bars(evolve_stats(run)),
             "scores": plots.score_bars((quality["scores"] or {}).get("histograms"), "judge scores"),
+            "eval": plots.eval_bars((evals["eval"] or {}).get("models"), "base vs tuned on the held-out tasks"),
+            "compare": plots.eval_bars((evals["compare"] or {}).get("models"),
+                                       "one adapter per data selection, on the held-out tasks"),
         },
         "quality": quality,
+        "evaluation": evals,
+        "eval_samples": {kind: _eval_samples(run, kind, seed) for kind in evals if evals[kind]},
         "evolve": evolve_stats(run),
         "samples": samples,
         "rejected_samples": _rejected_samples(run, per_reason=3, seed=seed),
@@ -103,6 +128,7 @@ def render(context: dict[str, Any]) -> str:
     env.filters["num"] = lambda v: "–" if v is None else (f"{v:,}" if isinstance(v, int) else
                                                           f"{v:,.2f}" if isinstance(v, float) else str(v))
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    env.filters["ci"] = ci_text  # a score {"value", "ci"}: "value [lo, hi]"
     return env.get_template("report.html.j2").render(**context)
 
 

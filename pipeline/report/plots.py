@@ -170,3 +170,43 @@ def score_bars(histograms: dict[str, dict[str, int]] | None, title: str) -> str 
     fig.suptitle(title)
     fig.tight_layout()
     return _svg(fig)
+
+
+def _ci_bars(ax, names: list[str], scores: list[dict[str, Any] | None], color: str, digits: int) -> None:
+    """Bars of ``{"value", "ci"}`` scores with their intervals as error bars (the base model's bar grey); a missing
+    score is labelled "–"."""
+    x = list(range(len(names)))
+    values = [(s or {}).get("value") for s in scores]
+    heights = [v or 0 for v in values]
+    err = [[v - (s.get("ci") or [v, v])[0] if v is not None else 0 for s, v in zip(scores, values)],
+           [(s.get("ci") or [v, v])[1] - v if v is not None else 0 for s, v in zip(scores, values)]]
+    ax.bar(x, heights, color=[color if n != "base" else "#bab0ac" for n in names], yerr=err, capsize=4,
+           error_kw={"elinewidth": 1, "ecolor": "#333"})
+    for i, (v, top) in enumerate(zip(values, [h + e for h, e in zip(heights, err[1])])):
+        ax.text(i, top, f"{v:.{digits}f}" if v is not None else "–", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names)  # positions, not the labels: matplotlib warns on number-like category names
+    if len(names) > 3:
+        ax.tick_params(axis="x", labelrotation=20)
+
+
+@_styled
+def eval_bars(models: list[dict[str, Any]], title: str) -> str | None:
+    """Per model of an evaluation (``summary.eval_figures``'s rows): ROUGE-L against the references and, when the
+    run was judged, the judge score against the base model, each with its 95% bootstrap interval."""
+    if not models:
+        return None
+    judged = [m for m in models if (m.get("judge") or {}).get("value") is not None]
+    fig, axes = plt.subplots(1, 2 if judged else 1, figsize=(9.5 if judged else 5.0, 3.0), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(models), max(len(judged), 1)]} if judged else None)
+    a1 = axes[0][0]
+    _ci_bars(a1, [m["model"] for m in models], [m.get("rouge_l") for m in models], PALETTE[0], 3)
+    a1.set(ylabel="ROUGE-L F", title="ROUGE-L to the reference")
+    a1.set_ylim(0, a1.get_ylim()[1] * 1.12)  # room for the labels
+    if judged:
+        a2 = axes[0][1]
+        _ci_bars(a2, [m["model"] for m in judged], [m["judge"] for m in judged], PALETTE[1], 3)
+        a2.axhline(0.5, color="#999", linestyle="--", linewidth=1)
+        a2.set(ylim=(0, 1.1), ylabel="judge score", title="judge score vs base (0.5: as good)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _svg(fig)

@@ -166,6 +166,62 @@ def data_quality(run: RunData) -> dict[str, Any]:
     }
 
 
+# The scores of an evaluation (``pipeline.train.evaluate``): label, key in table.json's "models" (the judge score
+# is in its "judge"), digits. BLEU is sacrebleu's, on 0-100.
+EVAL_METRICS = (("ROUGE-L", "rouge_l", 3), ("BLEU", "bleu", 2), ("accuracy", "accuracy", 3),
+                ("end-of-turn rate", "finished", 3), ("toxicity", "toxicity", 3), ("judge score", "judge", 3))
+
+
+def ci_text(v: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
+    """A score with its 95% interval, ``value [lo, hi]``; "–" when there is none."""
+    if not isinstance(v, dict) or v.get("value") is None:
+        return "–"
+    f = f"{{:+.{digits}f}}" if signed else f"{{:.{digits}f}}"
+    ci = v.get("ci")
+    return f.format(v["value"]) + (f" [{f.format(ci[0])}, {f.format(ci[1])}]" if ci else "")
+
+
+def eval_figures(table: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An evaluation table (``RunData.eval_table``) as one row per model: its scores (the ``EVAL_METRICS``, each
+    ``{"value", "ci", "n"}`` or None), the paired difference to the base model, the judge's record against the base
+    model, what it was tuned on (and, for a data comparison, how many records its selection kept). ``metrics``: the
+    ``EVAL_METRICS`` that some model has."""
+    if table is None:
+        return None
+    judges = table.get("judge") or {}
+    adapters = table.get("adapters") or {}
+    kept = (table.get("selections") or {}).get("kept") or {}
+    rows = []
+    for name, m in table["models"].items():
+        m, info, j = m or {}, adapters.get(name) or {}, judges.get(name) or {}
+        rows.append({
+            "model": name, **{key: m.get(key) for _, key, _ in EVAL_METRICS if key != "judge"},
+            "judge": j.get("score"),
+            "judge_record": ({k: j.get(k) for k in ("wins", "ties", "losses", "unjudged", "answered_A", "answered_B",
+                                                    "answered_tie", "invalid")} if j else None),
+            "reference_loss": m.get("reference_loss"), "mean_new_tokens": m.get("mean_new_tokens"),
+            "difference": (table.get("differences") or {}).get(name),
+            "train_rows": info.get("train_rows"), "steps": info.get("steps"), "train_loss": info.get("train_loss"),
+            "kept": kept.get(name),
+        })
+    metrics = [{"label": label, "key": key, "digits": digits} for label, key, digits in EVAL_METRICS
+               if any((row[key] or {}).get("value") is not None for row in rows)]
+    return {
+        "examples": table.get("examples"), "tasks_source": table.get("tasks_source"),
+        "classification_tasks": table.get("classification_tasks"), "base_model": table.get("base_model"),
+        "judge_model": table.get("judge_model"), "toxicity_classifier": table.get("toxicity_classifier"),
+        "bootstrap_rounds": (table.get("settings") or {}).get("bootstrap_rounds"),
+        "selections": table.get("selections"), "note": table.get("note"), "wall_s": table.get("wall_s"),
+        "metrics": metrics, "models": rows,
+    }
+
+
+def evaluation(run: RunData) -> dict[str, Any]:
+    """The run's evaluations: ``eval`` (``pipeline eval``: base vs the tuned adapter) and ``compare`` (``pipeline
+    compare-data``: base vs one adapter per data selection), each ``eval_figures`` or None."""
+    return {kind: eval_figures(run.eval_table(kind)) for kind in ("eval", "compare")}
+
+
 def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
     """Everything ``inspect`` shows for one run."""
     final = records_frame(run.final_rows(), run.final_stage() or "")
@@ -176,11 +232,12 @@ def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
         "final_stage": run.final_stage(),
         "diversity": diversity(final, pairs, seed_similarity(run, final["instruction"].tolist())),
         "quality": data_quality(run),
+        "evaluation": evaluation(run),
     }
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """Side by side figures of two summaries: counts, rejection reasons and diversity."""
+    """Side by side figures of two summaries: counts, rejection reasons, diversity and evaluation scores."""
     rows: list[dict[str, Any]] = []
 
     def add(name: str, va, vb) -> None:
@@ -209,4 +266,13 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     for key in ("instruction_words", "output_words", "rouge_l_to_nearest_seed"):
         if key in da or key in db:
             add(f"diversity.{key}.mean", (da.get(key) or {}).get("mean"), (db.get(key) or {}).get("mean"))
+    for kind in ("eval", "compare"):  # the scores of the models each run evaluated, where either has them
+        ma = {m["model"]: m for m in ((a.get("evaluation") or {}).get(kind) or {}).get("models", [])}
+        mb = {m["model"]: m for m in ((b.get("evaluation") or {}).get(kind) or {}).get("models", [])}
+        for model in list(ma) + [m for m in mb if m not in ma]:
+            for key in ("rouge_l", "judge"):
+                va = ((ma.get(model) or {}).get(key) or {}).get("value")
+                vb = ((mb.get(model) or {}).get(key) or {}).get("value")
+                if va is not None or vb is not None:
+                    add(f"{kind}.{model}.{key}", va, vb)
     return rows

@@ -5,6 +5,8 @@ layout itself is ``runs.store``'s::
     RUN_DIR/manifest.json
     RUN_DIR/<stage>/kept.jsonl, RUN_DIR/<stage>/rejected.jsonl     (bootstrap, evolve, filter)
     RUN_DIR/dataset/train.jsonl, messages.jsonl, README.md          (export)
+    RUN_DIR/eval/table.json, results.jsonl                          (pipeline eval: base vs the tuned adapter)
+    RUN_DIR/compare/table.json, results.jsonl                       (pipeline compare-data: one adapter a selection)
 
 Counts always come from the files themselves (a line is a record), so what ``inspect`` prints equals what is on
 disk even for a run that was killed before it could update its manifest.
@@ -12,6 +14,7 @@ disk even for a run that was killed before it could update its manifest.
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +27,12 @@ from ..errors import InputError
 from ..io.files import count_lines, read_jsonl
 from .store import (CARD, DATASET_DIR, DATASET_FILES, EVAL_DIR, FILTER_FILES, FILTER_STATS, MANIFEST, RECORD_STAGES,
                     REPORT, TUNE_DIR, is_done, stage_path)
+
+# The evaluations a run may hold, each a folder with the files ``pipeline.train.evaluate.evaluate_models`` writes
+# (named here so that reading a run loads neither train/ nor torch): ``pipeline eval``'s and ``pipeline
+# compare-data``'s (``runs.compare.COMPARE_DIR``).
+EVALUATIONS = {"eval": EVAL_DIR, "compare": "compare"}
+EVAL_TABLE, EVAL_RESULTS = "table.json", "results.jsonl"
 
 
 @dataclass
@@ -105,6 +114,35 @@ class RunData:
 
     def frame(self, stage: str, kind: str) -> pd.DataFrame:
         return records_frame(self.rows(stage, kind), stage)
+
+    def eval_path(self, kind: str, name: str = EVAL_TABLE) -> Path:
+        """``kind``: "eval" or "compare" (``EVALUATIONS``); ``name``: ``EVAL_TABLE`` or ``EVAL_RESULTS``."""
+        return self.dir / EVALUATIONS[kind] / name
+
+    def eval_table(self, kind: str = "eval") -> dict[str, Any] | None:
+        """The table.json of an evaluation (``kind``: "eval" or "compare"), None when the run has none."""
+        path = self.eval_path(kind)
+        if self.flat or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(str(path), f"unreadable {path.name} ({e})") from None
+        if not isinstance(data, dict) or not isinstance(data.get("models"), dict):
+            raise InputError(str(path), "not an evaluation table (no \"models\" object)")
+        return data
+
+    def eval_samples(self, kind: str = "eval", n: int = 5, seed: int = 0) -> list[dict[str, Any]]:
+        """A few rows of an evaluation's results.jsonl (random, seeded, in file order): answers of the tuned
+        models, each with the base model's answer to the same task and the judge's verdicts when there are any."""
+        path = self.eval_path(kind, EVAL_RESULTS)
+        if self.flat or not path.is_file():
+            return []
+        rows = [row for row in read_jsonl(path, complete_only=True) if row.get("model") != "base"]
+        if len(rows) > n:
+            keep = set(random.Random(seed).sample(range(len(rows)), n))
+            rows = [row for i, row in enumerate(rows) if i in keep]
+        return rows
 
     def final_stage(self) -> str | None:
         """The stage whose kept records make the dataset: the last of select, judge and filter that ran, else the

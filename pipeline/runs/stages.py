@@ -20,6 +20,7 @@ still became its lineage's new head: the filter decides what enters the dataset,
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import time
 from collections import Counter
@@ -36,18 +37,18 @@ from ..filters.safety import ToxicityFilter
 from ..io.benchmarks import load_benchmarks
 from ..io.classifiers import load_toxicity_scorer
 from ..io.embeddings import load_embedder
-from ..io.files import iter_jsonl, read_jsonl
+from ..io.files import iter_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..io.readers import load_seeds
 from ..progress import Progress, no_progress
-from ..records import Record
-from ..stages import bootstrap, evolve, judge, select
+from ..records import BenchmarkItem, Record
+from ..stages import bootstrap, evolve, heldout, judge, select
 from ..stages.export import to_alpaca, to_messages
 from ..teachers import Teacher
 from ..teachers.engine import gather_or_cancel
-from ..train.evaluate import evaluate
+from ..train.evaluate import RESULTS, TABLE_JSON, TABLE_MD, EvalTask, evaluate, tasks_from_records
 from ..train.tune import has_checkpoint, train
 from .read import resolve_dataset, resolve_tune_dir
-from .store import DATASET_FILES, EVAL_DIR, TUNE_DIR, Run, is_done, run_session
+from .store import DATASET_FILES, EVAL_DIR, HELDOUT_TASKS, SPLIT_FILE, TUNE_DIR, Run, is_done, run_session
 
 STAGE_ORDER = ["bootstrap", "evolve", "filter", "judge", "select", "export", "tune", "eval"]
 
@@ -57,12 +58,17 @@ def teacher_stages(cfg: RunConfig) -> set[str]:
     return {"bootstrap", "evolve"} | ({"judge"} if cfg.judge.teacher is None else set())
 
 
-def build_checks(cfg: RunConfig) -> Checks:
-    """The filter chain's parts that come from files and models: the benchmark index (``[decontaminate]``) and
-    the toxicity classifier (``[safety]``). Raises InputError for a bad benchmark or a missing extra."""
+def build_checks(cfg: RunConfig, heldout_tasks: list[Record] = ()) -> Checks:
+    """The filter chain's parts that come from files and models: the benchmark index (``[decontaminate]``, plus the
+    run's held-out human tasks as the benchmark "heldout") and the toxicity classifier (``[safety]``). Raises
+    InputError for a bad benchmark or a missing extra."""
     index = None
+    items = [BenchmarkItem("heldout", r.task_id or r.id, "\n".join((r.instruction, r.input, r.output)))
+             for r in heldout_tasks]
     if cfg.decontaminate.benchmarks:
-        index = ContaminationIndex(load_benchmarks(cfg.decontaminate, cfg.resolve_path), n=cfg.decontaminate.ngram)
+        items = load_benchmarks(cfg.decontaminate, cfg.resolve_path) + items
+    if items:
+        index = ContaminationIndex(items, n=cfg.decontaminate.ngram)
     toxicity = ToxicityFilter(load_toxicity_scorer(), cfg.safety.threshold) if cfg.safety.enabled else None
     return Checks(contamination=index, toxicity=toxicity)
 
@@ -292,18 +298,24 @@ def run_select(run: Run, progress: Progress = no_progress) -> None:
 
 def run_export(run: Run, progress: Progress = no_progress) -> None:
     t0 = time.time()
-    alpaca, chat = run.dataset_writers()
-    with alpaca, chat:
+    alpaca, chat, lineages = run.dataset_writers()
+
+    def write(batch: list[Record]) -> None:
+        start = lineages.count
+        lineages.write_many([{"row": start + i + 1, "id": r.id, "lineage": heldout.lineage(r)}
+                             for i, r in enumerate(batch)])
+        alpaca.write_many(map(to_alpaca, batch))
+        chat.write_many(map(to_messages, batch))
+
+    with alpaca, chat, lineages:
         for source in run.final_files():
             batch: list[Record] = []
             for row in read_jsonl(source) if source.exists() else []:
                 batch.append(Record.from_dict(row))
                 if len(batch) >= 512:
-                    alpaca.write_many(map(to_alpaca, batch))
-                    chat.write_many(map(to_messages, batch))
+                    write(batch)
                     batch = []
-            alpaca.write_many(map(to_alpaca, batch))
-            chat.write_many(map(to_messages, batch))
+            write(batch)
         count = alpaca.count
     progress("export", count, count, {})
     run.record_stage("export", count, Counter(), time.time() - t0, files=dict(DATASET_FILES))
@@ -334,17 +346,62 @@ def run_eval_stage(run: Run, progress: Progress = no_progress) -> None:
     judges = []
 
     def judge_factory():  # the judge's requests go through the run's cache and budget, and into the manifest
-        judges.append(run.open_teacher())
+        judges.append(run.open_teacher(run.cfg.judge.teacher))
         return judges[-1]
 
+    tasks = heldout_eval_tasks(run.dir)
     table = evaluate(tune_dir, run.dir / EVAL_DIR, run.cfg.eval, run.cfg.teacher, progress,
-                     judge_factory=judge_factory)
+                     judge_factory=judge_factory, tasks=tasks,
+                     tasks_source="held-out human tasks" if tasks is not None else "",
+                     toxicity_threshold=run.cfg.safety.threshold)
     usage = {"usage": judges[0].usage.as_dict(), "teacher_model": judges[0].model_name} if judges else {}
     run.record_stage("eval", table["examples"], Counter(), time.time() - t0,
-                     base=table["base"], tuned=table["tuned"], rouge_l_wins=table["rouge_l_wins"],
+                     tasks_source=table["tasks_source"], models=table["models"], differences=table["differences"],
                      judge=table["judge"], **usage,
-                     files={"table_json": "eval/eval_table.json", "table_md": "eval/eval_table.md",
-                            "generations": "eval/generations.jsonl"})
+                     files={name: f"{EVAL_DIR}/{f}" for name, f in (("table_json", TABLE_JSON), ("table_md", TABLE_MD),
+                                                                   ("results", RESULTS))})
+
+
+def heldout_split(cfg: RunConfig, run_dir: Path, seeds: list[Record]
+                  ) -> tuple[list[Record], list[Record], dict | None]:
+    """(the seeds generation may see, the held-out human tasks, the split to store or None when nothing is held
+    out). A run that already has ``split.json`` keeps its split; one of its task ids missing from the seeds now is
+    an error (the fingerprint check names what changed)."""
+    path = run_dir / SPLIT_FILE
+    extra = load_seeds([cfg.resolve_path(p) for p in cfg.eval.heldout_files]) if cfg.eval.heldout_files else []
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        held = set(stored.get("heldout_task_ids", []))
+        missing = held - {s.task_id or s.id for s in seeds}
+        if missing:
+            raise InputError(str(path), f"{len(missing)} held-out task ids are not in the seed files now (first: "
+                             f"{sorted(missing)[0]}); the seeds changed since this run started",
+                             field="heldout_task_ids")
+    else:
+        held = heldout.split_tasks(seeds, cfg.heldout_share(), cfg.eval.heldout_seed)
+    train, out = heldout.partition(seeds, held)
+    if not held and not extra:
+        return seeds, [], None
+    split = {"by": "task", "share": cfg.heldout_share(), "seed": cfg.eval.heldout_seed,
+             "seed_tasks": len({s.task_id or s.id for s in seeds}), "seed_tasks_held_out": len(held),
+             "heldout_task_ids": sorted(held), "files": list(cfg.eval.heldout_files),
+             "eval_tasks": len({r.task_id or r.id for r in out + extra})}
+    return train, out + extra, split
+
+
+def write_split(run_dir: Path, split: dict, tasks: list[Record]) -> None:
+    """``split.json`` and ``heldout/tasks.jsonl``, written once: a resumed run leaves them as they are."""
+    if not (run_dir / SPLIT_FILE).is_file():
+        write_jsonl_atomic(run_dir / HELDOUT_TASKS, (r.to_dict() for r in tasks))
+        write_json_atomic(run_dir / SPLIT_FILE, split)
+
+
+def heldout_eval_tasks(run_dir: Path) -> list[EvalTask] | None:
+    """The run's held-out human tasks as evaluation tasks, or None when the run holds none out."""
+    path = run_dir / HELDOUT_TASKS
+    if not path.is_file():
+        return None
+    return tasks_from_records([Record.from_dict(row) for row in read_jsonl(path)])
 
 
 def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, stages: list[str] | None = None,
@@ -356,15 +413,20 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
     """
     wanted = stages or list(cfg.stages)
     stages = [s for s in STAGE_ORDER if s in wanted]
-    seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
+    all_seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
+    seeds, heldout_tasks, split = heldout_split(cfg, run_dir, all_seeds)
     pending = [s for s in stages if not is_done(run_dir, s)]
-    checks = build_checks(cfg) if {"evolve", "filter"} & set(pending) else Checks()
+    checks = build_checks(cfg, heldout_tasks) if {"evolve", "filter"} & set(pending) else Checks()
     # The teacher (a model in memory, a GPU engine) is built only when a stage that still has to run needs it.
     need_teacher = bool(teacher_stages(cfg) & set(pending))
     with run_session(cfg, run_dir, config_path, force=force, need_teacher=need_teacher,
                      progress=progress) as (run, teacher):
-        run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in seeds}),
+        run.manifest["seeds"] = {"files": cfg.seed_files, "tasks": len({s.task_id for s in all_seeds}),
+                                 "generation_tasks": len({s.task_id for s in seeds}),
                                  "paths": [str(cfg.resolve_path(p).resolve()) for p in cfg.seed_files]}
+        if split is not None:
+            write_split(run.dir, split, heldout_tasks)
+            run.manifest["heldout"] = {k: split[k] for k in ("share", "seed_tasks_held_out", "eval_tasks", "files")}
         if force:  # a forced resume restarts every unfinished stage from nothing, never appends to its files
             for stage in stages:
                 if not run.is_done(stage):

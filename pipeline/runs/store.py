@@ -44,6 +44,8 @@ _ORDER = ("bootstrap", "evolve", "filter", "judge", "select", "export")
 DATASET_DIR = "dataset"
 DATASET_FILES = {"alpaca": f"{DATASET_DIR}/train.jsonl", "messages": f"{DATASET_DIR}/messages.jsonl"}
 CARD = f"{DATASET_DIR}/README.md"
+LINEAGE_FILE = f"{DATASET_DIR}/lineage.jsonl"
+SPLIT_FILE, HELDOUT_TASKS = "split.json", "heldout/tasks.jsonl"  # the run's held-out human tasks
 REPORT = "report.html"
 TUNE_DIR, EVAL_DIR = "tune", "eval"
 ATTEMPTS = "attempts"  # what unfinished stages had written before a forced resume restarted them
@@ -99,6 +101,8 @@ def run_inputs(cfg: RunConfig) -> dict[str, Any]:
     files = [b.path for b in cfg.decontaminate.benchmarks if b.path]
     if files:  # only when there are any, so runs without benchmark files keep their fingerprint
         inputs["benchmarks"] = {p: _digest(cfg.resolve_path(p)) for p in files}
+    if cfg.eval.heldout_files:
+        inputs["heldout"] = {p: _digest(cfg.resolve_path(p)) for p in cfg.eval.heldout_files}
     return inputs
 
 
@@ -329,9 +333,11 @@ class Run:
                 return [self.kept_file(s)]
         return self.generated_files()
 
-    def dataset_writers(self) -> tuple[JsonlWriter, JsonlWriter]:
-        """The appending writers of the exported dataset: Alpaca ``train.jsonl`` and chat ``messages.jsonl``."""
-        return JsonlWriter(self.dir / DATASET_FILES["alpaca"]), JsonlWriter(self.dir / DATASET_FILES["messages"])
+    def dataset_writers(self) -> tuple[JsonlWriter, JsonlWriter, JsonlWriter]:
+        """The appending writers of the exported dataset: Alpaca ``train.jsonl``, chat ``messages.jsonl`` and
+        ``lineage.jsonl`` (each row's record id and lineage, read by ``pipeline tune`` to split by lineage)."""
+        return (JsonlWriter(self.dir / DATASET_FILES["alpaca"]), JsonlWriter(self.dir / DATASET_FILES["messages"]),
+                JsonlWriter(self.dir / LINEAGE_FILE))
 
     def record_stage(self, name: str, kept: int, rejected: Counter, wall_s: float, **extra) -> None:
         self.manifest["stages"][name] = {

@@ -1,43 +1,54 @@
-"""Base model against the tuned adapter on the held-out split of ``pipeline tune``.
+"""Base model against tuned adapters on held-out human tasks (``pipeline eval``, ``pipeline compare-data``).
 
-For every held-out row both models answer the prompt (greedy decoding, batched, up to ``eval.max_new_tokens``):
-the base model is the tuned model with its adapter disabled, so the weights are loaded once. Scores:
+The tasks: the human-written tasks a run held out before any generation step saw them (``<run>/heldout/
+tasks.jsonl``, see ``pipeline.stages.heldout``), or any task file (``--tasks``); without either, the held-out rows
+of the tune split (their references were written by the teacher, and the table says so).
 
-- ROUGE-L F of each answer against the dataset's reference answer (``pipeline.filters.rouge.rouge_l``, the same
-  numbers as rouge-score 0.1.2);
-- held-out loss: mean negative log-likelihood per reference completion token (the training objective) under each
-  model;
-- how often each model ends its answer itself (the end-of-turn token) rather than at the token limit;
-- optionally (``eval.judge``) a pairwise judge win rate: the configured teacher sees the instruction, the reference
-  and both answers in random A/B order (``prompts/judge_pairwise.j2``) and answers A, B or tie.
+Every model answers every task's prompt (greedy, batched, up to ``eval.max_new_tokens``). The base model is loaded
+once; each adapter is put on it, used and taken off again. Scores (``pipeline.train.metrics``), each with a 95%
+bootstrap interval over tasks, for every model side by side, and the paired difference to the base model:
 
-Writes ``eval_table.json``, ``eval_table.md`` and ``generations.jsonl`` (one line per example) to the output
-directory (default ``<run>/eval``).
+- ROUGE-L F against the human reference (rouge-score's numbers) and corpus BLEU (sacrebleu);
+- accuracy (exact match) on the classification tasks;
+- the share of answers ended by the end-of-turn token rather than the token limit;
+- the toxicity rate of the answers (the ``[safety]`` classifier, when the ``safety`` extra is installed);
+- the loss of the human reference (mean negative log-likelihood per reference token);
+- optionally (``eval.judge``) a pairwise judge score against the base model: every task is judged twice, with the
+  answers in both orders (``prompts/judge_pairwise.j2``), win 1, tie 0.5, loss 0, averaged over the two orders.
+
+Writes ``table.json``, ``table.md`` and ``results.jsonl`` (one row per task and model: prompt, reference, the
+answer and the base model's answer, scores, the judge's verdicts and reasons) to the output directory, each
+atomically.
 """
 from __future__ import annotations
 
 import json
-import random
 import re
 import statistics
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Decoding, EvalConfig, TeacherConfig
 from ..errors import InputError
 from ..filters.rouge import rouge_l
+from ..io.classifiers import load_toxicity_scorer
 from ..io.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from ..records import Record
+from ..stages.export import user_prompt
 from ..progress import Progress, no_progress
 from ..prompts import render_messages
 from ..stages.parsing import json_choice
 from ..teachers import ChatRequest, make_teacher
 from ..teachers.formats import PAIRWISE
+from .metrics import (bleu_ci, bootstrap, corpus_bleu, exact_match, mean_ci, pair_score, paired_diff_ci)
 from .model import end_of_turn_token, load_model, load_tokenizer, need_tune_extra, pick_precision
 
 STAGE = "eval"
 JUDGE_TEMPLATE = "judge_pairwise"
+TABLE_JSON, TABLE_MD, RESULTS = "table.json", "table.md", "results.jsonl"
 
 
 # ---------------------------------------------------------------------------------------------- generation
@@ -124,185 +135,389 @@ def parse_verdict(text: str) -> str:
     return "invalid"
 
 
-def judge_pairs(teacher, rows: list[dict], decoding: Decoding, seed: int) -> list[dict[str, Any]]:
-    """One judge request per row, the tuned answer at A or B at random (seeded). Returns per-row results."""
-    rng = random.Random(seed)
-    orders, requests = [], []
-    for row in rows:
-        tuned_first = rng.random() < 0.5
-        a, b = (row["tuned"], row["base"]) if tuned_first else (row["base"], row["tuned"])
-        orders.append(tuned_first)
-        requests.append(ChatRequest(render_messages(JUDGE_TEMPLATE, instruction=row["prompt_text"],
-                                                    reference=row["reference"], answer_a=a or "(empty)",
-                                                    answer_b=b or "(empty)"), decoding,
-                                    format=PAIRWISE if getattr(teacher, "structured", "off") != "off" else None))
-    results = []
-    for tuned_first, completion in zip(orders, teacher.generate(requests)):
-        verdict = parse_verdict(completion.text)
-        if verdict in ("A", "B"):
-            winner = "tuned" if (verdict == "A") == tuned_first else "base"
-        else:
-            winner = verdict
-        results.append({"tuned_position": "A" if tuned_first else "B", "verdict": verdict, "winner": winner,
-                        "raw": completion.text.strip()[:200]})
-    return results
+def _reason(text: str) -> str:
+    """What the judge said after its verdict: its reason (the prompt asks for one line)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[1:])[:300] if len(lines) > 1 else ""
 
 
-# --------------------------------------------------------------------------------------------------- table
+def judge_both_orders(teacher, tasks: list["EvalTask"], base: list[str], other: list[str],
+                      decoding: Decoding) -> list[dict[str, Any]]:
+    """Two judge requests per task: the other model's answer at A (base at B), then at B (base at A). Returns, per
+    task, both verdicts ('A', 'B', 'tie' or 'invalid'), the other model's score (win 1, tie 0.5, loss 0, mean of
+    the orders that gave a verdict; None when neither did) and the judge's reasons. Identical answers are a tie
+    without a request."""
+    fmt = PAIRWISE if getattr(teacher, "structured", "off") != "off" else None
+    requests, asked = [], []
+    for i, (task, b, o) in enumerate(zip(tasks, base, other)):
+        if o.strip() == b.strip():  # the same answer twice: a tie, nothing to ask
+            continue
+        asked.append(i)
+        for a_text, b_text in ((o, b), (b, o)):
+            requests.append(ChatRequest(render_messages(JUDGE_TEMPLATE, instruction=task.prompt_text,
+                                                        reference=task.reference, answer_a=a_text or "(empty)",
+                                                        answer_b=b_text or "(empty)"), decoding, format=fmt))
+    done = teacher.generate(requests) if requests else []
+    replies = {i: (done[2 * k], done[2 * k + 1]) for k, i in enumerate(asked)}
+    out = []
+    for i in range(len(tasks)):
+        if i not in replies:
+            out.append({"verdicts": ["tie", "tie"], "score": 0.5, "reasons": ["identical answers"] * 2,
+                        "raw": ["", ""], "asked": False})
+            continue
+        first, second = replies[i]
+        v1, v2 = parse_verdict(first.text), parse_verdict(second.text)
+        out.append({"verdicts": [v1, v2], "score": pair_score(v1, v2),
+                    "reasons": [_reason(first.text), _reason(second.text)],
+                    "raw": [first.text.strip()[:200], second.text.strip()[:200]], "asked": True})
+    return out
 
 
-def _side(rows: list[dict], key: str, nll: tuple[float, int]) -> dict[str, Any]:
-    scores = [r[f"{key}_rouge_l"] for r in rows]
+def judge_summary(verdicts: list[dict], rounds: int, seed: int) -> dict[str, Any]:
+    scores = [v["score"] for v in verdicts]
+    wins = sum(s is not None and s > 0.5 for s in scores)
+    losses = sum(s is not None and s < 0.5 for s in scores)
+    position = Counter(x for v in verdicts if v.get("asked", True) for x in v["verdicts"])
+    return {"score": mean_ci(scores, rounds, seed), "wins": wins, "losses": losses,
+            "ties": sum(s == 0.5 for s in scores), "unjudged": sum(s is None for s in scores),
+            "identical_answers": sum(not v.get("asked", True) for v in verdicts),
+            "answered_A": position["A"], "answered_B": position["B"], "answered_tie": position["tie"],
+            "invalid": position["invalid"]}
+
+
+# --------------------------------------------------------------------------------------------------- tasks
+
+
+@dataclass
+class EvalTask:
+    id: str
+    prompt: list[dict[str, str]]
+    reference: str
+    is_classification: bool = False
+    lineage: str = ""
+
+    @property
+    def prompt_text(self) -> str:
+        return "\n\n".join(m["content"] for m in self.prompt if m["role"] != "system")
+
+
+def tasks_from_records(records: list[Record]) -> list[EvalTask]:
+    """One task per distinct task id (its first instance): human tasks, e.g. a run's held-out seed tasks."""
+    out, seen = [], set()
+    for r in records:
+        key = r.task_id or r.id
+        if key in seen or not r.output.strip():
+            continue
+        seen.add(key)
+        out.append(EvalTask(key, [{"role": "user", "content": user_prompt(r.instruction, r.input)}], r.output,
+                            bool(r.is_classification), r.root_id or key))
+    return out
+
+
+def tasks_from_tune_split(tune_dir: Path) -> list[EvalTask]:
+    """The held-out rows of a tune run (``heldout.jsonl``): references written by whoever made the dataset."""
+    path = tune_dir / "heldout.jsonl"
+    if not path.is_file():
+        raise InputError(str(path), "held-out split not found")
+    rows = list(read_jsonl(path))
+    return [EvalTask(r.get("id") or str(i), r["prompt"], r["completion"][-1]["content"], False,
+                     r.get("group") or r.get("id") or str(i)) for i, r in enumerate(rows)]
+
+
+# ------------------------------------------------------------------------------------------------ students
+
+
+class Students:
+    """The base model, loaded once, answering with no adapter or with one adapter at a time."""
+
+    def __init__(self, base_dir: Path, tokenizer_dir: Path, settings: dict, ecfg: EvalConfig):
+        try:
+            import torch
+        except ImportError as e:
+            raise need_tune_extra(e, "pipeline eval") from None
+        threads = ecfg.num_threads or settings.get("num_threads")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.ecfg = ecfg
+        self.max_len = int(settings.get("max_length", 2048))
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        eot = end_of_turn_token(self.tokenizer)
+        self.eos_ids = sorted({i for i in (self.tokenizer.convert_tokens_to_ids(eot), self.tokenizer.eos_token_id)
+                               if i is not None})
+        model = load_model(base_dir, pick_precision(settings.get("precision", "auto")))
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        model.eval()
+        self.base = model
+
+    def answer(self, tasks: list[EvalTask], adapter_dir: Path | None,
+               on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        """Each task's answer (text, new_tokens, finished) and the reference's loss (nll, tokens) under the base
+        model (``adapter_dir`` None) or the base model with that adapter."""
+        model = self.base
+        if adapter_dir is not None:
+            try:
+                from peft import PeftModel
+            except ImportError as e:
+                raise need_tune_extra(e, "pipeline eval") from None
+            model = PeftModel.from_pretrained(self.base, str(adapter_dir))
+            model.eval()
+        try:
+            outs = generate(model, self.tokenizer, [t.prompt for t in tasks], self.ecfg.max_new_tokens,
+                            self.ecfg.batch_size, self.eos_ids, on_batch)
+            for task, out in zip(tasks, outs):
+                out["nll"] = completion_nll(model, self.tokenizer, task.prompt,
+                                            [{"role": "assistant", "content": task.reference}], self.max_len)
+        finally:
+            if adapter_dir is not None:
+                self.base = model.unload()  # the LoRA layers come off; the base weights were never changed
+        return outs
+
+
+# ---------------------------------------------------------------------------------------------- the scores
+
+
+def per_task_scores(tasks: list[EvalTask], outs: list[dict], toxicity: list[float] | None,
+                    threshold: float) -> list[dict[str, Any]]:
+    rows = []
+    for i, (task, out) in enumerate(zip(tasks, outs)):
+        row = {"rouge_l": round(rouge_l(out["text"], task.reference), 4), "finished": out["finished"],
+               "new_tokens": out["new_tokens"], "reference_nll": round(out["nll"][0], 4),
+               "reference_tokens": out["nll"][1]}
+        if task.is_classification:
+            row["exact_match"] = exact_match(out["text"], task.reference)
+        if toxicity is not None:
+            row["toxicity"] = round(toxicity[i], 4)
+            row["toxic"] = toxicity[i] >= threshold
+        rows.append(row)
+    return rows
+
+
+def model_summary(tasks: list[EvalTask], outs: list[dict], scores: list[dict], rounds: int,
+                  seed: int) -> dict[str, Any]:
+    nll = sum(s["reference_nll"] for s in scores)
+    tokens = sum(s["reference_tokens"] for s in scores)
+    cls = [s["exact_match"] for s in scores if "exact_match" in s]
     return {
-        "rouge_l_mean": round(statistics.fmean(scores), 4) if scores else None,
-        "rouge_l_median": round(statistics.median(scores), 4) if scores else None,
-        "heldout_loss": round(nll[0] / nll[1], 4) if nll[1] else None,
-        "finished_rate": round(sum(r[f"{key}_finished"] for r in rows) / len(rows), 4) if rows else None,
-        "mean_new_tokens": round(statistics.fmean(r[f"{key}_new_tokens"] for r in rows), 1) if rows else None,
+        "rouge_l": mean_ci([s["rouge_l"] for s in scores], rounds, seed),
+        "bleu": bleu_ci([o["text"] for o in outs], [t.reference for t in tasks], rounds, seed),
+        "accuracy": mean_ci([float(x) for x in cls], rounds, seed) if cls else None,
+        "finished": mean_ci([float(s["finished"]) for s in scores], rounds, seed),
+        "toxicity": (mean_ci([float(s["toxic"]) for s in scores], rounds, seed)
+                     if scores and "toxic" in scores[0] else None),
+        "reference_loss": round(nll / tokens, 4) if tokens else None,
+        "mean_new_tokens": round(statistics.fmean(s["new_tokens"] for s in scores), 1) if scores else None,
     }
 
 
+def differences(tasks: list[EvalTask], base: tuple[list[dict], list[dict]], other: tuple[list[dict], list[dict]],
+                rounds: int, seed: int) -> dict[str, Any]:
+    """The other model minus the base model, paired over the same tasks."""
+    (b_out, b_sc), (o_out, o_sc) = base, other
+    refs = [t.reference for t in tasks]
+    b_txt, o_txt = [o["text"] for o in b_out], [o["text"] for o in o_out]
+    out = {"rouge_l": paired_diff_ci([s["rouge_l"] for s in b_sc], [s["rouge_l"] for s in o_sc], rounds, seed)}
+    if tasks:
+        out["bleu"] = {"value": round(corpus_bleu(o_txt, refs) - corpus_bleu(b_txt, refs), 4), "n": len(tasks),
+                       "ci": bootstrap(len(tasks), lambda ix: corpus_bleu([o_txt[i] for i in ix], [refs[i] for i in ix])
+                                       - corpus_bleu([b_txt[i] for i in ix], [refs[i] for i in ix]), rounds, seed)}
+    if any("exact_match" in s for s in b_sc):
+        out["accuracy"] = paired_diff_ci([float(s["exact_match"]) if "exact_match" in s else None for s in b_sc],
+                                         [float(s["exact_match"]) if "exact_match" in s else None for s in o_sc],
+                                         rounds, seed)
+    out["finished"] = paired_diff_ci([float(s["finished"]) for s in b_sc], [float(s["finished"]) for s in o_sc],
+                                     rounds, seed)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- tables
+
+
+def _fmt(m: Any, digits: int = 3) -> str:
+    if m is None:
+        return "-"
+    if isinstance(m, dict):
+        if m.get("value") is None:
+            return "-"
+        ci = m.get("ci")
+        return f"{m['value']:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+    return f"{m:.{digits}f}" if isinstance(m, float) else str(m)
+
+
+_ROWS = (("ROUGE-L F", "rouge_l", 3), ("BLEU", "bleu", 2), ("accuracy (classification)", "accuracy", 3),
+         ("ended by end-of-turn", "finished", 3), ("toxic answers", "toxicity", 3))
+
+
 def markdown_table(table: dict[str, Any]) -> str:
-    b, t = table["base"], table["tuned"]
-
-    def fmt(v):
-        return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
-
-    lines = [f"# Base vs tuned on {table['examples']} held-out examples", "",
-             f"base model `{table['base_model']}`, adapter `{table['adapter']}`, greedy, "
-             f"max_new_tokens {table['settings']['max_new_tokens']}", "",
-             "| metric | base | tuned |", "|---|---:|---:|"]
-    for label, key in (("ROUGE-L F (mean)", "rouge_l_mean"), ("ROUGE-L F (median)", "rouge_l_median"),
-                       ("held-out loss (nll/token)", "heldout_loss"), ("ended by end-of-turn", "finished_rate")):
-        lines.append(f"| {label} | {fmt(b[key])} | {fmt(t[key])} |")
-    lines.append(f"| new tokens (mean) | {b['mean_new_tokens']} | {t['mean_new_tokens']} |")
-    w = table["rouge_l_wins"]
-    lines.append(f"| higher ROUGE-L (examples) | {w['base']} | {w['tuned']} |")
-    j = table.get("judge")
-    if j:
-        lines.append(f"| judge wins ({j['model']}) | {j['base_wins']} | {j['tuned_wins']} |")
-        lines += ["", f"Judge: tuned win rate {fmt(j['tuned_win_rate'])} (ties count half), ties {j['ties']}, "
-                      f"unparsed {j['invalid']}, answered A {j['answered_A']} / B {j['answered_B']} times "
-                      "(position bias check; A/B order randomised)."]
-    lines += ["", f"ROUGE-L ties: {w['tie']}. Wall {table['wall_s']} s."]
+    """Two models: metrics down, base / tuned / difference across. More: one row per model."""
+    names = list(table["models"])
+    head = [f"# Evaluation on {table['examples']} held-out tasks ({table['tasks_source']})", "",
+            f"base model `{table['base_model']}`, greedy, max_new_tokens {table['settings']['max_new_tokens']}; "
+            f"{table['classification_tasks']} classification tasks; values with 95% bootstrap intervals over "
+            f"tasks ({table['settings']['bootstrap_rounds']} resamples).", ""]
+    lines = list(head)
+    models, deltas, judges = table["models"], table["differences"], table.get("judge") or {}
+    if len(names) == 2:
+        other = names[1]
+        lines += [f"| metric | base | {other} | {other} - base |", "|---|---:|---:|---:|"]
+        for label, key, d in _ROWS:
+            if models["base"].get(key) is None and models[other].get(key) is None:
+                continue
+            lines.append(f"| {label} | {_fmt(models['base'].get(key), d)} | {_fmt(models[other].get(key), d)} | "
+                         f"{_fmt(deltas[other].get(key), d)} |")
+        lines.append(f"| reference loss (nll/token) | {_fmt(models['base']['reference_loss'])} | "
+                     f"{_fmt(models[other]['reference_loss'])} | |")
+        lines.append(f"| new tokens (mean) | {models['base']['mean_new_tokens']} | "
+                     f"{models[other]['mean_new_tokens']} | |")
+    else:
+        cols = [c for c in _ROWS if any(models[n].get(c[1]) is not None for n in names)]
+        lines += ["| model | rows | steps | " + " | ".join(c[0] for c in cols) + " | judge vs base |",
+                  "|---|---:|---:|" + "---:|" * (len(cols) + 1)]
+        for n in names:
+            info = table.get("adapters", {}).get(n) or {}
+            j = judges.get(n)
+            lines.append(f"| {n} | {info.get('train_rows', '-')} | {info.get('steps', '-')} | "
+                         + " | ".join(_fmt(models[n].get(c[1]), c[2]) for c in cols)
+                         + f" | {_fmt(j['score']) if j else '-'} |")
+    for n, j in judges.items():
+        lines += ["", f"Judge `{table['judge_model']}` on {n} vs base: score {_fmt(j['score'])} (win 1, tie 0.5, "
+                      f"loss 0, both orders): {j['wins']} wins, {j['ties']} ties, {j['losses']} losses, "
+                      f"{j['unjudged']} unjudged; verdicts A {j['answered_A']} / B {j['answered_B']} / tie "
+                      f"{j['answered_tie']} / unreadable {j['invalid']} (every task asked in both orders)."]
+    if table.get("note"):
+        lines += ["", table["note"]]
+    lines += ["", f"Wall {table['wall_s']} s."]
     return "\n".join(lines) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------- evaluate
+# ------------------------------------------------------------------------------------------------ evaluate
 
 
-def evaluate(tune_dir: Path, out_dir: Path, ecfg: EvalConfig, teacher_cfg: TeacherConfig | None = None,
-             progress: Progress = no_progress, judge=None, judge_factory=None) -> dict[str, Any]:
-    """Evaluate base against tuned on the held-out rows of ``tune_dir``; returns the table (also written).
-
-    ``judge``: a teacher object to use instead of building one from ``teacher_cfg`` (when ``ecfg.judge``);
-    ``judge_factory``: a function that builds it, called once the answers are generated (``pipeline run`` passes
-    one that puts the run's request cache and budget in front of the judge); evaluate closes what it built."""
-    t0 = time.time()
-    tune_dir, out_dir = Path(tune_dir), Path(out_dir)
+def _tune_meta(tune_dir: Path) -> dict[str, Any]:
     meta_path = tune_dir / "tune_meta.json"
     if not meta_path.is_file():
         raise InputError(str(meta_path), "not found: run `pipeline tune` first")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    heldout_path = tune_dir / "heldout.jsonl"
-    if not heldout_path.is_file():
-        raise InputError(str(heldout_path), "held-out split not found")
-    rows_in = list(read_jsonl(heldout_path))
-    if not rows_in:
-        raise InputError(str(heldout_path), "the held-out split is empty: tune with tune.eval_fraction > 0")
-    if ecfg.max_examples:
-        rows_in = rows_in[:ecfg.max_examples]
     adapter_dir = tune_dir / (meta.get("adapter") or "adapter")
-    base_dir = Path(meta["base_model"])
     if not (adapter_dir / "adapter_config.json").is_file():
         raise InputError(str(adapter_dir / "adapter_config.json"), "adapter not found")
-    if not (base_dir / "config.json").is_file():
-        raise InputError(str(base_dir), "base model directory not found (recorded in tune_meta.json)")
+    if not (Path(meta["base_model"]) / "config.json").is_file():
+        raise InputError(meta["base_model"], "base model directory not found (recorded in tune_meta.json)")
+    meta["adapter_dir"] = str(adapter_dir)
+    return meta
 
-    teacher = None
+
+def evaluate_models(adapters: dict[str, Path], out_dir: Path, ecfg: EvalConfig, tasks: list[EvalTask],
+                    tasks_source: str, progress: Progress = no_progress, judge=None, judge_factory=None,
+                    teacher_cfg: TeacherConfig | None = None, toxicity_threshold: float = 0.8,
+                    note: str = "", extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The base model and every adapter (name -> tune directory; all tuned from one base model) on ``tasks``.
+
+    ``judge``: a teacher object for the pairwise judge (when ``ecfg.judge``); ``judge_factory``: a function that
+    builds one, called once the answers are generated (the student models have then left memory);
+    otherwise one is built from ``teacher_cfg``. Evaluate closes what it built."""
+    t0 = time.time()
+    out_dir = Path(out_dir)
+    if not tasks:
+        raise InputError(str(out_dir), "no held-out tasks to evaluate on")
+    if ecfg.max_examples:
+        tasks = tasks[:ecfg.max_examples]
+    metas = {name: _tune_meta(Path(d)) for name, d in adapters.items()}
+    bases = {m["base_model"] for m in metas.values()}
+    if len(bases) != 1:
+        raise InputError(str(out_dir), f"the adapters were tuned from different base models: {sorted(bases)}")
+    first = next(iter(metas.values()))
+    built = None
     if ecfg.judge and judge is None and judge_factory is None:  # a bad teacher config fails before the slow part
-        teacher = judge = make_teacher(teacher_cfg or TeacherConfig())
+        built = judge = make_teacher(teacher_cfg or TeacherConfig())
     try:
-        import torch
-        from peft import PeftModel
-    except ImportError as e:
-        raise need_tune_extra(e, "pipeline eval") from None
-    try:
-        settings = meta.get("settings", {})
-        threads = ecfg.num_threads or settings.get("num_threads")
-        if threads:
-            torch.set_num_threads(int(threads))
-        precision = pick_precision(settings.get("precision", "auto"))
-        tokenizer = load_tokenizer(adapter_dir)
-        eot = end_of_turn_token(tokenizer)
-        eos_ids = sorted({i for i in (tokenizer.convert_tokens_to_ids(eot), tokenizer.eos_token_id) if i is not None})
-        model = load_model(base_dir, precision)
-        if torch.cuda.is_available():
-            model = model.to("cuda")
-        model = PeftModel.from_pretrained(model, str(adapter_dir))
-        model.eval()
-        prompts = [r["prompt"] for r in rows_in]
-        n = len(rows_in)
-        total = 2 * n
-        max_len = int(settings.get("max_length", 2048))
-
-        with model.disable_adapter():
-            base_out = generate(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size, eos_ids,
-                                lambda done: progress(STAGE, done, total, {"model": "base"}))
-            base_nll = [completion_nll(model, tokenizer, r["prompt"], r["completion"], max_len) for r in rows_in]
-        tuned_out = generate(model, tokenizer, prompts, ecfg.max_new_tokens, ecfg.batch_size, eos_ids,
-                             lambda done: progress(STAGE, n + done, total, {"model": "tuned"}))
-        tuned_nll = [completion_nll(model, tokenizer, r["prompt"], r["completion"], max_len) for r in rows_in]
-
-        rows: list[dict[str, Any]] = []
-        for r, b, t in zip(rows_in, base_out, tuned_out):
-            ref = r["completion"][-1]["content"]
-            prompt_text = "\n\n".join(m["content"] for m in r["prompt"] if m["role"] != "system")
-            rows.append({
-                "id": r.get("id"), "prompt_text": prompt_text, "reference": ref,
-                "base": b["text"], "tuned": t["text"],
-                "base_rouge_l": round(rouge_l(b["text"], ref), 4), "tuned_rouge_l": round(rouge_l(t["text"], ref), 4),
-                "base_finished": b["finished"], "tuned_finished": t["finished"],
-                "base_new_tokens": b["new_tokens"], "tuned_new_tokens": t["new_tokens"],
-            })
-
-        judge_summary = None
+        toxicity_score = None
+        try:
+            toxicity_score = load_toxicity_scorer()
+        except InputError:
+            pass  # the safety extra is not installed: no toxicity rate (the table says "-")
+        students = Students(Path(first["base_model"]), Path(first["adapter_dir"]), first.get("settings", {}), ecfg)
+        n, names = len(tasks), ["base", *adapters]
+        total = n * len(names)
+        answers: dict[str, list[dict]] = {}
+        for k, name in enumerate(names):
+            adapter = None if name == "base" else Path(metas[name]["adapter_dir"])
+            answers[name] = students.answer(tasks, adapter,
+                                            lambda done, k=k, name=name: progress(STAGE, k * n + done, total,
+                                                                                  {"model": name}))
+        del students
+        scores = {name: per_task_scores(tasks, answers[name],
+                                        toxicity_score([o["text"] for o in answers[name]]) if toxicity_score else None,
+                                        toxicity_threshold) for name in names}
+        verdicts: dict[str, list[dict]] = {}
+        judge_name = None
         if ecfg.judge:
             progress(STAGE, total, total, {"judge": "..."})
-            if judge is None:  # built only now: the student models have left memory
-                teacher = judge = judge_factory()
-            verdicts = judge_pairs(judge, rows, ecfg.judge_decoding, ecfg.seed)
-            for row, v in zip(rows, verdicts):
-                row["judge"] = v
-            c = Counter(v["winner"] for v in verdicts)
-            pos = Counter(v["verdict"] for v in verdicts)
-            valid = c["tuned"] + c["base"] + c["tie"]
-            judge_summary = {
-                "model": getattr(judge, "model_name", "?"), "template": JUDGE_TEMPLATE,
-                "tuned_wins": c["tuned"], "base_wins": c["base"], "ties": c["tie"], "invalid": c["invalid"],
-                "tuned_win_rate": round((c["tuned"] + 0.5 * c["tie"]) / valid, 4) if valid else None,
-                "answered_A": pos["A"], "answered_B": pos["B"],
-                "usage": judge.usage.as_dict() if hasattr(judge, "usage") else None,
-            }
+            if judge is None:
+                built = judge = judge_factory()
+            judge_name = getattr(judge, "model_name", "?")
+            base_texts = [o["text"] for o in answers["base"]]
+            for name in adapters:
+                verdicts[name] = judge_both_orders(judge, tasks, base_texts, [o["text"] for o in answers[name]],
+                                                   ecfg.judge_decoding)
+        judge_usage = judge.usage.as_dict() if ecfg.judge and hasattr(judge, "usage") else None
     finally:
-        if teacher is not None:
-            teacher.close()
+        if built is not None:
+            built.close()
 
-    def total_nll(xs):
-        return (sum(x[0] for x in xs), sum(x[1] for x in xs))
-
-    wins = Counter("tuned" if r["tuned_rouge_l"] > r["base_rouge_l"] else
-                   "base" if r["base_rouge_l"] > r["tuned_rouge_l"] else "tie" for r in rows)
-    table = {
-        "examples": len(rows), "tune_dir": str(tune_dir), "base_model": meta.get("base_model_spec", str(base_dir)),
-        "adapter": str(adapter_dir), "trained_steps": meta.get("trainer", {}).get("global_step"),
-        "base": _side(rows, "base", total_nll(base_nll)), "tuned": _side(rows, "tuned", total_nll(tuned_nll)),
-        "rouge_l_wins": {"base": wins["base"], "tuned": wins["tuned"], "tie": wins["tie"]},
-        "judge": judge_summary,
+    rounds, seed = ecfg.bootstrap_rounds, ecfg.seed
+    table: dict[str, Any] = {
+        "examples": len(tasks), "tasks_source": tasks_source,
+        "classification_tasks": sum(t.is_classification for t in tasks),
+        "base_model": first.get("base_model_spec", first["base_model"]),
+        "adapters": {name: {"tune_dir": str(adapters[name]), "adapter": metas[name]["adapter_dir"],
+                            "train_rows": metas[name].get("train_rows"),
+                            "steps": metas[name].get("trainer", {}).get("global_step"),
+                            "train_loss": metas[name].get("trainer", {}).get("train_loss")} for name in adapters},
+        "models": {name: model_summary(tasks, answers[name], scores[name], rounds, seed) for name in names},
+        "differences": {name: differences(tasks, (answers["base"], scores["base"]), (answers[name], scores[name]),
+                                          rounds, seed) for name in adapters},
+        "judge": {name: judge_summary(v, rounds, seed) for name, v in verdicts.items()} or None,
+        "judge_model": judge_name, "judge_usage": judge_usage,
+        "toxicity_classifier": "alt-profanity-check" if toxicity_score else None,
         "settings": ecfg.model_dump(mode="json"),
+        "note": note,
+        **(extra or {}),
         "wall_s": round(time.time() - t0, 1),
     }
-    write_jsonl_atomic(out_dir / "generations.jsonl", rows)
-    write_json_atomic(out_dir / "eval_table.json", table)
-    write_text_atomic(out_dir / "eval_table.md", markdown_table(table))
+    results = []
+    for i, task in enumerate(tasks):
+        for name in names:
+            row = {"task_id": task.id, "model": name, "prompt": task.prompt_text, "reference": task.reference,
+                   "is_classification": task.is_classification, "answer": answers[name][i]["text"],
+                   "scores": scores[name][i]}
+            if name != "base":
+                row["base_answer"] = answers["base"][i]["text"]
+                if name in verdicts:
+                    row["judge"] = {k: verdicts[name][i][k] for k in ("verdicts", "score", "reasons")}
+            results.append(row)
+    write_jsonl_atomic(out_dir / RESULTS, results)
+    write_json_atomic(out_dir / TABLE_JSON, table)
+    write_text_atomic(out_dir / TABLE_MD, markdown_table(table))
     return table
+
+
+def evaluate(tune_dir: Path, out_dir: Path, ecfg: EvalConfig, teacher_cfg: TeacherConfig | None = None,
+             progress: Progress = no_progress, judge=None, judge_factory=None,
+             tasks: list[EvalTask] | None = None, tasks_source: str = "",
+             toxicity_threshold: float = 0.8) -> dict[str, Any]:
+    """Base against the adapter of ``tune_dir`` (named "tuned") on ``tasks``, or on the tune run's held-out rows
+    when no tasks are given; returns the table (also written, see the module docstring)."""
+    tune_dir = Path(tune_dir)
+    note = ""
+    if tasks is None:
+        _tune_meta(tune_dir)
+        tasks = tasks_from_tune_split(tune_dir)
+        if not tasks:
+            raise InputError(str(tune_dir / "heldout.jsonl"),
+                             "the held-out split is empty: tune with tune.eval_fraction > 0, or give held-out tasks")
+        tasks_source = "rows of the tune split"
+        note = ("References: dataset rows held out of tuning, written by the teacher, not by people; hold out "
+                "human tasks with eval.heldout_share or eval.heldout_files.")
+    return evaluate_models({"tuned": tune_dir}, out_dir, ecfg, tasks, tasks_source, progress, judge,
+                           judge_factory, teacher_cfg, toxicity_threshold, note)

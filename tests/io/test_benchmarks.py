@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import BenchmarkSource, DecontaminateConfig
@@ -18,17 +16,29 @@ Q1 = "A train leaves the station at nine and travels at sixty miles per hour tow
 Q2 = "Write a function that returns the longest palindromic substring of a given string of lowercase letters."
 
 
-def test_jsonl_csv_and_parquet_give_the_same_items(tmp_path):
-    rows = [{"id": "q1", "question": Q1, "answer": "4 hours"}, {"id": "q2", "question": Q2, "answer": "code"}]
-    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+ROWS = [{"id": "q1", "question": Q1, "answer": "4 hours"}, {"id": "q2", "question": Q2, "answer": "code"}]
+EXPECTED = [("b", "q1", Q1 + "\n4 hours"), ("b", "q2", Q2 + "\ncode")]
+
+
+def _load(path) -> list[tuple[str, str, str]]:
+    items = load_benchmark(BenchmarkSource(path=str(path), fields=["question", "answer"], id_field="id"))
+    return [(i.benchmark, i.item_id, i.text) for i in items]
+
+
+def test_jsonl_and_csv_give_the_same_items(tmp_path):
+    (tmp_path / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     (tmp_path / "b.csv").write_text("id,question,answer\n" + "".join(f'{r["id"]},"{r["question"]}",{r["answer"]}\n'
-                                                                   for r in rows))
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "b.parquet")
-    loaded = [load_benchmark(BenchmarkSource(path=str(tmp_path / f"b.{ext}"), fields=["question", "answer"],
-                                             id_field="id"))
-              for ext in ("jsonl", "csv", "parquet")]
-    texts = [[(i.benchmark, i.item_id, i.text) for i in items] for items in loaded]
-    assert texts[0] == texts[1] == texts[2] == [("b", "q1", Q1 + "\n4 hours"), ("b", "q2", Q2 + "\ncode")]
+                                                                   for r in ROWS))
+    assert _load(tmp_path / "b.jsonl") == _load(tmp_path / "b.csv") == EXPECTED
+
+
+# pyarrow is imported inside the parquet tests: `make test-min-versions` runs numpy 1.26, which today's pyarrow
+# refuses, and leaves them out by name.
+def test_parquet_gives_the_same_items(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.Table.from_pylist(ROWS), tmp_path / "b.parquet")
+    assert _load(tmp_path / "b.parquet") == EXPECTED
 
 
 def test_items_without_an_id_field_are_named_by_their_line(tmp_path):
@@ -62,6 +72,8 @@ def test_a_file_without_the_named_fields_is_one_error_naming_file_line_and_field
 
 
 def test_a_parquet_file_without_the_named_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_pylist([{"prompt": Q1}]), tmp_path / "b.parquet")
     with pytest.raises(InputError, match=r"b.parquet:1: question: the benchmark has no such field"):
         load_benchmark(BenchmarkSource(path=str(tmp_path / "b.parquet"), fields=["question"]))

@@ -138,6 +138,7 @@ def test_killed_runs_through_the_openai_backend_resume_to_the_same_dataset(tmp_p
         assert len({k["id"] for k in kept}) == len(kept)
 
 
+@pytest.mark.slow  # three real runs (51 s); the lock itself is also tested in-process (test_session.py)
 def test_lock_refuses_a_second_run_and_a_dead_ones_lock_does_not_block(tmp_path):
     run = tmp_path / "run"
     proc = subprocess.Popen([PIPELINE, "run", "--target", "1", *SMALL, "--out", str(run)],

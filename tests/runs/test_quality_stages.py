@@ -30,26 +30,34 @@ def test_a_score_off_its_scale_in_a_resumed_file_is_one_line_and_writes_nothing(
 
 
 def test_a_judge_of_its_own_scores_through_the_runs_cache_and_budget(llama_server, tmp_path):
-    """[judge.teacher] is a real llama.cpp server on 127.0.0.1 while the embedded model generates: every record
-    gets its scores from the server's model, and the judge's requests count in the run's spending."""
+    """[judge.teacher] is a real llama.cpp server on 127.0.0.1: every record gets its scores from the server's
+    model, and the judge's requests count in the run's spending and usage. The records to judge are written as a
+    finished bootstrap stage's output (generating them with the embedded model would take minutes)."""
     run = tmp_path / "run"
     cfg = tmp_path / "cfg.toml"
-    cfg.write_text(f'stages = ["bootstrap", "judge", "select", "export"]\n'
-                   f'[bootstrap]\ntarget_instructions = 1\nrequest_batch_size = 1\n'
+    cfg.write_text(f'stages = ["judge", "select", "export"]\n'
                    f'[judge.teacher]\nbackend = "openai"\nbase_url = "{llama_server}"\n'
                    f'model = "SmolLM2-135M-Instruct"\napi_key_env = ""\n'
-                   f'[select]\npolicies = ["longest_k"]\nk = 1\n')
+                   f'[select]\npolicies = ["longest_k"]\nk = 2\n')
+    assert run_cli("run", "--config", str(cfg), "--out", str(run), "--no-report").returncode == 0
+    rows = [{"id": f"b{k}", "task_id": f"b{k}", "instruction": i, "output": o, "source": "bootstrap"}
+            for k, (i, o) in enumerate([("Name the largest planet.", "Jupiter is the largest planet."),
+                                        ("Give a synonym for happy.", "Joyful."),
+                                        ("Add 17 and 25.", "17 + 25 = 42.")])]
+    (run / "bootstrap").mkdir()
+    (run / "bootstrap" / "kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for stage in ("judge", "select", "export"):
+        for p in (run / stage).iterdir():
+            p.unlink()
     r = run_cli("run", "--config", str(cfg), "--out", str(run), "--no-report")
     assert r.returncode == 0, r.stderr[-2000:]
     manifest = json.loads((run / "manifest.json").read_text())
     judge = manifest["stages"]["judge"]
     scored = [json.loads(line) for line in (run / "judge" / "kept.jsonl").read_text().splitlines()]
-    boot = manifest["stages"]["bootstrap"]["usage"]["requests"]
-    assert len(scored) == judge["input"] == judge["kept"] >= 1
-    assert judge["judge_model"] == "SmolLM2-135M-Instruct" and judge["usage"]["requests"] == 2 * len(scored)
+    assert [row["id"] for row in scored] == ["b0", "b1", "b2"] and judge["input"] == judge["kept"] == 3
+    assert judge["judge_model"] == "SmolLM2-135M-Instruct" and judge["usage"]["requests"] == 6
     assert all(set(row["scores"]) == {"quality", "complexity"} for row in scored)
-    # The run's spending (its cache) holds the judge's answers beside the generator's, and the session's usage
-    # adds up both engines (billed_failures: tries a server may have billed though they failed).
-    assert manifest["spent"]["requests"] - manifest["spent"]["billed_failures"] == boot + 2 * len(scored)
-    assert manifest["sessions"][-1]["usage"]["requests"] == boot + 2 * len(scored)
-    assert len((run / "select" / "kept.jsonl").read_text().splitlines()) == 1
+    # The run's spending (its cache) holds the judge's six answers, and the session's usage counts them.
+    assert manifest["spent"]["requests"] == 6 and manifest["sessions"][-1]["usage"]["requests"] == 6
+    assert [json.loads(line)["id"] for line in (run / "select" / "kept.jsonl").read_text().splitlines()] == [
+        "b0", "b2"]

@@ -46,8 +46,6 @@ RECORDS = [
     Record(id="b", instruction="Name the largest planet in the solar system.", output="Bananas are yellow."),
     Record(id="c", instruction="Write a haiku about autumn rain.",
            output="Cold rain on red leaves\nthe gutter hums all night long\nsummer washed away"),
-    Record(id="d", instruction="Translate the sentence into French.", input="The cat sleeps on the warm roof.",
-           output="Le chat dort sur le toit chaud."),
 ]
 
 
@@ -57,10 +55,10 @@ def test_the_embedded_judge_scores_every_record_or_records_it_missing(structured
     try:
         out: list[Record] = []
         problems: Counter = Counter()
-        teacher.run(score_records(RECORDS, teacher, JudgeConfig(), out.extend, batch=3, problems=problems))
+        teacher.run(score_records(RECORDS, teacher, JudgeConfig(), out.extend, batch=2, problems=problems))
     finally:
         teacher.close()
-    assert [r.id for r in out] == ["a", "b", "c", "d"]  # input order, batch after batch
+    assert [r.id for r in out] == ["a", "b", "c"]  # input order, batch after batch
     missing = 0
     for r in out:
         for name in ("quality", "complexity"):

@@ -209,9 +209,13 @@ class _RuleJudge:
 
     model_name = "rule-judge"
 
+    def __init__(self):
+        self.requests = []
+
     def generate(self, requests):
         from pipeline.teachers import Completion
 
+        self.requests += requests
         out = []
         for r in requests:
             text = r.messages[-1]["content"]
@@ -223,40 +227,83 @@ class _RuleJudge:
         return out
 
 
-def test_eval_writes_table(tiny_model, run_dir, tmp_path):
+def _human_tasks():
+    """Eight human tasks the tuned model never saw: four label tasks (classification) and four others."""
+    from pipeline.records import Record
+
+    recs = []
+    for i, w in enumerate(["lemon", "tiger", "cloud", "piano"]):
+        recs.append(Record(id=f"h{i}", task_id=f"h{i}", instruction="Is this word a fruit? Answer yes or no.",
+                           input=w, output="yes" if w == "lemon" else "no", is_classification=True))
+    for i, w in enumerate(["apple", "river", "stone", "music"], start=4):
+        recs.append(Record(id=f"h{i}", task_id=f"h{i}", instruction=f"Repeat the word {w} twice.",
+                           output=f"{w} {w}"))
+    return recs
+
+
+def test_eval_on_human_tasks_writes_table(tiny_model, run_dir, tmp_path):
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
     from pipeline.config import EvalConfig
     from pipeline.runs.read import resolve_tune_dir
-    from pipeline.train.evaluate import evaluate
+    from pipeline.train.evaluate import evaluate, tasks_from_records
     from pipeline.train.tune import train
 
     train(run_dir / "dataset" / "messages.jsonl", run_dir / "tune", _cfg(tiny_model, max_steps=4, save_steps=100))
     tune_dir = resolve_tune_dir(run_dir)
     assert tune_dir == run_dir / "tune"
-    seen = []
-    table = evaluate(tune_dir, run_dir / "eval", EvalConfig(max_new_tokens=6, batch_size=4, judge=True),
-                     progress=lambda *a: seen.append(a), judge=_RuleJudge())
-    assert table["examples"] == 6
+    seen, judge = [], _RuleJudge()
+    tasks = tasks_from_records(_human_tasks())
+    table = evaluate(tune_dir, run_dir / "eval", EvalConfig(max_new_tokens=6, batch_size=4, judge=True,
+                                                            bootstrap_rounds=200),
+                     progress=lambda *a: seen.append(a), judge=judge, tasks=tasks, tasks_source="human")
+    assert table["examples"] == 8 and table["classification_tasks"] == 4 and table["tasks_source"] == "human"
     for side in ("base", "tuned"):
-        assert 0.0 <= table[side]["rouge_l_mean"] <= 1.0 and table[side]["heldout_loss"] > 0
-        assert 1 <= table[side]["mean_new_tokens"] <= 6
-    j = table["judge"]
-    assert j["tuned_wins"] + j["base_wins"] + j["ties"] + j["invalid"] == 6 and j["model"] == "rule-judge"
-    saved = json.loads((run_dir / "eval" / "eval_table.json").read_text())
-    assert saved["examples"] == 6 and saved["base"] == table["base"]
-    md = (run_dir / "eval" / "eval_table.md").read_text()
-    assert "| ROUGE-L F (mean) |" in md and "judge wins" in md
-    gens = [json.loads(line) for line in (run_dir / "eval" / "generations.jsonl").read_text().splitlines()]
-    assert len(gens) == 6 and {"base", "tuned", "reference", "base_rouge_l", "tuned_rouge_l", "judge"} <= gens[0].keys()
-    assert {g["judge"]["tuned_position"] for g in gens} <= {"A", "B"}
-    held = [json.loads(line) for line in (tune_dir / "heldout.jsonl").read_text().splitlines()]
-    assert [g["id"] for g in gens] == [h["id"] for h in held]
-    assert [g["reference"] for g in gens] == [h["completion"][0]["content"] for h in held]
+        m = table["models"][side]
+        assert 0.0 <= m["rouge_l"]["value"] <= 1.0 and len(m["rouge_l"]["ci"]) == 2 and m["rouge_l"]["n"] == 8
+        assert m["accuracy"]["n"] == 4 and m["reference_loss"] > 0 and 1 <= m["mean_new_tokens"] <= 6
+        assert m["bleu"]["ci"][0] <= m["bleu"]["value"] <= m["bleu"]["ci"][1] or m["bleu"]["value"] == 0
+    assert set(table["differences"]["tuned"]) >= {"rouge_l", "bleu", "accuracy", "finished"}
+    j = table["judge"]["tuned"]
+    assert j["wins"] + j["losses"] + j["ties"] + j["unjudged"] == 8 and table["judge_model"] == "rule-judge"
+    asked = 8 - j["identical_answers"]
+    assert asked and len(judge.requests) == 2 * asked  # every task with two different answers, in both orders
+    assert j["answered_A"] + j["answered_B"] + j["answered_tie"] + j["invalid"] == 2 * asked
+    saved = json.loads((run_dir / "eval" / "table.json").read_text())
+    assert saved["models"] == table["models"]
+    md = (run_dir / "eval" / "table.md").read_text()
+    assert "| ROUGE-L F |" in md and "| BLEU |" in md and "tuned - base" in md and "both orders" in md
+    rows = [json.loads(line) for line in (run_dir / "eval" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and [r["model"] for r in rows[:2]] == ["base", "tuned"]
+    tuned = [r for r in rows if r["model"] == "tuned"]
+    base = [r for r in rows if r["model"] == "base"]
+    assert all(r["base_answer"] == b["answer"] and len(r["judge"]["verdicts"]) == 2 for r, b in zip(tuned, base))
+    # the figures are rouge-score's and sacrebleu's, called here directly on the saved answers
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    for r in rows:
+        assert r["scores"]["rouge_l"] == round(scorer.score(r["reference"], r["answer"])["rougeL"].fmeasure, 4)
+    for side, rs in (("base", base), ("tuned", tuned)):
+        bleu = sacrebleu.corpus_bleu([r["answer"] for r in rs], [[r["reference"] for r in rs]]).score
+        assert table["models"][side]["bleu"]["value"] == round(bleu, 4)
     assert seen and seen[-1][0] == "eval"
 
 
-def test_judge_order_and_verdicts():
+def test_eval_without_tasks_uses_the_tune_split_and_says_so(tiny_model, run_dir):
+    from pipeline.config import EvalConfig
+    from pipeline.train.evaluate import evaluate
+    from pipeline.train.tune import train
+
+    train(run_dir / "dataset" / "messages.jsonl", run_dir / "tune", _cfg(tiny_model, max_steps=2, save_steps=100))
+    table = evaluate(run_dir / "tune", run_dir / "eval", EvalConfig(max_new_tokens=4, bootstrap_rounds=50))
+    held = [json.loads(line) for line in (run_dir / "tune" / "heldout.jsonl").read_text().splitlines()]
+    assert table["examples"] == len(held) == 6 and "not by people" in table["note"]
+    assert table["judge"] is None
+
+
+def test_judge_asks_both_orders_and_cancels_position_bias():
     from pipeline.config import Decoding
-    from pipeline.train.evaluate import judge_pairs, parse_verdict
+    from pipeline.train.evaluate import EvalTask, judge_both_orders, judge_summary, parse_verdict
     from pipeline.teachers import Completion
 
     assert parse_verdict("A") == "A" and parse_verdict(" **B**.") == "B" and parse_verdict("Tie") == "tie"
@@ -264,22 +311,82 @@ def test_judge_order_and_verdicts():
     assert parse_verdict("The better response is B.") == "B" and parse_verdict("A\n\nBecause ...") == "A"
     assert parse_verdict("A colour wheel has twelve hues") == "invalid"  # the article, not a verdict
 
-    class PrefersTuned:  # picks whichever position holds the text "TUNED"
-        model_name = "rule"
+    class Judge:
+        def __init__(self, rule):
+            self.rule, self.seen = rule, []
 
         def generate(self, requests):
             out = []
             for r in requests:
                 text = r.messages[-1]["content"]
-                a = text.split("Answer A:")[1].split("Answer B:")[0]
-                out.append(Completion(text="A" if "TUNED" in a else "B", finish_reason="stop"))
+                a = text.split("Answer A:")[1].split("Answer B:")[0].strip()
+                b = text.split("Answer B:")[1].split("Which answer")[0].strip()
+                self.seen.append((a, b))
+                out.append(Completion(text=self.rule(a, b), finish_reason="stop"))
             return out
 
-    rows = [{"prompt_text": f"q{i}", "reference": "r", "base": "BASE", "tuned": "TUNED"} for i in range(20)]
-    res = judge_pairs(PrefersTuned(), rows, Decoding(temperature=0.0, max_tokens=4), seed=3)
-    assert all(r["winner"] == "tuned" for r in res)
-    positions = {r["tuned_position"] for r in res}
-    assert positions == {"A", "B"}  # the order is randomised
+    tasks = [EvalTask(f"t{i}", [{"role": "user", "content": f"q{i}"}], "r") for i in range(10)]
+    base, tuned = ["BASE"] * 10, ["TUNED"] * 10
+    fair = Judge(lambda a, b: ("A" if a == "TUNED" else "B") + "\nit says TUNED")
+    res = judge_both_orders(fair, tasks, base, tuned, Decoding(temperature=0.0, max_tokens=8))
+    assert fair.seen == [("TUNED", "BASE"), ("BASE", "TUNED")] * 10  # each task in both orders
+    assert all(r["score"] == 1.0 and r["reasons"] == ["it says TUNED"] * 2 for r in res)
+    biased = Judge(lambda a, b: "A")  # always the first position: no preference once both orders count
+    res = judge_both_orders(biased, tasks, base, tuned, Decoding(temperature=0.0, max_tokens=8))
+    s = judge_summary(res, rounds=100, seed=0)
+    assert s["score"]["value"] == 0.5 and s["ties"] == 10 and s["answered_A"] == 20
+
+
+def test_compare_data_tunes_each_selection_and_evaluates_all(tiny_model, run_dir, tmp_path):
+    from pipeline.config import EvalConfig, RunConfig, SelectConfig
+    from pipeline.records import Record
+    from pipeline.runs.compare import compare_data
+    from pipeline.train.evaluate import tasks_from_records
+
+    run = tmp_path / "cmp"
+    (run / "filter").mkdir(parents=True)
+    with open(run / "filter" / "kept.jsonl", "w") as fh:
+        for i, row in enumerate(_rows()):
+            rec = Record(id=f"r{i}", instruction=row["messages"][0]["content"],
+                         output=row["messages"][1]["content"], task_id=f"r{i}", source="bootstrap")
+            fh.write(json.dumps(rec.to_dict()) + "\n")
+    (run / "filter" / ".done").write_text("")
+    cfg = RunConfig(tune=_cfg(tiny_model, max_steps=2, save_steps=100), select=SelectConfig(k=10),
+                    eval=EvalConfig(max_new_tokens=4, batch_size=8, bootstrap_rounds=50))
+    tasks = tasks_from_records(_human_tasks())
+    table = compare_data(run, cfg, ["all", "longest_k"], tasks, "human")
+    assert list(table["models"]) == ["base", "all", "longest_k"]
+    assert table["selections"]["kept"] == {"all": 30, "longest_k": 10}
+    assert {n: a["train_rows"] for n, a in table["adapters"].items()} == {"all": 30, "longest_k": 10}
+    assert {a["steps"] for a in table["adapters"].values()} == {2}
+    md = (run / "compare" / "table.md").read_text()
+    assert "| longest_k | 10 | 2 |" in md
+    rows = (run / "compare" / "results.jsonl").read_text().splitlines()
+    assert len(rows) == 8 * 3
+    stamp = (run / "compare" / "longest_k" / "tune" / "tune_meta.json").stat().st_mtime_ns
+    compare_data(run, cfg, ["longest_k"], tasks, "human")  # finished adapters are not tuned again
+    assert (run / "compare" / "longest_k" / "tune" / "tune_meta.json").stat().st_mtime_ns == stamp
+
+
+def test_resume_refuses_a_changed_split(tiny_model, run_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    from pipeline.errors import InputError
+    from pipeline.train.tune import train
+
+    class StopAt1(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            control.should_training_stop = True
+
+    data = run_dir / "dataset" / "messages.jsonl"
+    out = tmp_path / "t"
+    train(data, out, _cfg(tiny_model, max_steps=4, save_steps=1), callbacks=[StopAt1()])
+    with pytest.raises(InputError, match="eval_fraction changed"):
+        train(data, out, _cfg(tiny_model, max_steps=4, save_steps=1, eval_fraction=0.3), resume="last")
+    with open(data, "a") as fh:
+        fh.write(json.dumps(_rows()[0]) + "\n")
+    with pytest.raises(InputError, match="dataset_sha256 changed"):
+        train(data, out, _cfg(tiny_model, max_steps=4, save_steps=1), resume="last")
 
 
 def test_cli_errors_name_the_path(tmp_path):
@@ -303,8 +410,8 @@ def test_cli_tune_and_eval(tiny_model, run_dir):
     assert meta["trainer"]["global_step"] == 2 and meta["settings"]["learning_rate"] == 1e-3
     r = run_cli("eval", str(run_dir), "--max-new-tokens", "4", timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| ROUGE-L F (mean) |" in r.stdout
-    assert (run_dir / "eval" / "eval_table.json").is_file()
+    assert "| ROUGE-L F |" in r.stdout
+    assert (run_dir / "eval" / "table.json").is_file()
 
 
 @pytest.mark.slow
@@ -342,8 +449,8 @@ def test_smollm2_tune_then_generate_with_adapter(tmp_path, run_dir):
 
     table = evaluate(out, tmp_path / "eval", EvalConfig(max_new_tokens=16, judge=True),
                      TeacherConfig(n_ctx=4096, n_threads=1))
-    assert table["examples"] == 3 and table["judge"]["model"].startswith("SmolLM2")
-    assert table["tuned"]["heldout_loss"] > 0 and (tmp_path / "eval" / "eval_table.md").is_file()
+    assert table["examples"] == 3 and table["judge_model"].startswith("SmolLM2")
+    assert table["models"]["tuned"]["reference_loss"] > 0 and (tmp_path / "eval" / "table.md").is_file()
 
 
 def test_the_eval_judge_of_a_run_goes_through_its_cache_and_budget(tiny_model, run_dir, tmp_path, sims):
@@ -363,10 +470,12 @@ def test_the_eval_judge_of_a_run_goes_through_its_cache_and_budget(tiny_model, r
     (run / "dataset" / "messages.jsonl").write_bytes((run_dir / "dataset" / "messages.jsonl").read_bytes())
     m = run_stages(cfg, run, stages=["tune", "eval"])
     ev = m["stages"]["eval"]
-    assert ev["judge"]["model"] == "sim-teacher" and ev["usage"]["requests"] == 6 == sim.stats()["requests"]
-    assert m["sessions"][-1]["usage"]["requests"] == 6 and m["spent"]["requests"] == 6
+    # 6 held-out rows, each judged in both orders unless base and tuned gave the same answer
+    n = 2 * (6 - ev["judge"]["tuned"]["identical_answers"])
+    assert n > 0 and ev["teacher_model"] == "sim-teacher" and ev["usage"]["requests"] == n == sim.stats()["requests"]
+    assert m["sessions"][-1]["usage"]["requests"] == n and m["spent"]["requests"] == n
     with sqlite3.connect(run / "cache.sqlite") as db:
-        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == 6
+        assert db.execute("SELECT COUNT(*) FROM completions").fetchone()[0] == n
     (run / "eval" / ".done").unlink()
     m = run_stages(cfg, run, stages=["tune", "eval"])
-    assert m["stages"]["eval"]["usage"]["cache_hits"] == 6 and sim.stats()["requests"] == 6
+    assert m["stages"]["eval"]["usage"]["cache_hits"] == n and sim.stats()["requests"] == n
