@@ -12,6 +12,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -70,6 +71,22 @@ def fail(exc: Exception) -> None:
 
 def load(config: Optional[Path], sets: Optional[list[str]], base: dict | None = None, **overrides) -> RunConfig:
     return load_config(config, overrides=overrides, sets=sets, base=None if config else base)
+
+
+@contextmanager
+def judge_exits(kept: str):
+    """The exits of the commands whose paid part is the evaluation judge (``eval``, ``compare-data``): bad input 2,
+    a failed teacher 1, budget 3 (``kept`` says what a rerun does not redo), interrupted 130."""
+    try:
+        yield
+    except (InputError, TeacherError) as e:
+        fail(e)
+    except BudgetExhausted as e:
+        console.print(f"[yellow]budget:[/] {e}; the judge stopped. Raise the budget and run again ({kept})")
+        raise typer.Exit(EXIT_BUDGET)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]")
+        raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def cached_judge(cfg: RunConfig, cache_path: Path):

@@ -11,13 +11,12 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError, TeacherError
+from ..errors import InputError
 from ..runs.compare import COMPARE_DIR, compare_data
 from ..runs.read import RunData
 from ..runs.store import TUNE_DIR, price_for_budget
-from ..teachers.cache import BudgetExhausted
 from ..train.evaluate import TABLE_MD, markdown_table
-from .common import EXIT_BUDGET, EXIT_INTERRUPTED, cached_judge, console, fail, load, training_bars
+from .common import cached_judge, console, judge_exits, load, training_bars
 from .eval import TasksOpt, eval_tasks
 from .tune import ConfigOpt, SetOpt
 
@@ -34,7 +33,7 @@ def compare_command(
     sets: Optional[list[str]] = SetOpt,
 ) -> None:
     """Which selection to ship: one adapter per selection, same steps and seed, one evaluation table."""
-    try:
+    with judge_exits("adapters and answers so far are kept"):
         data = RunData.open(run_dir)
         cfg = load(config, sets, base=data.manifest.get("config"), **{
             "tune.max_steps": max_steps, "select.k": k, "eval.judge": judge})
@@ -52,14 +51,5 @@ def compare_command(
                                      tasks_source, progress=bars, judge_factory=factory)
         finally:
             close()
-    except (InputError, TeacherError) as e:
-        fail(e)
-    except BudgetExhausted as e:
-        console.print(f"[yellow]budget:[/] {e}; the judge stopped. Raise the budget and run again (adapters and "
-                      "answers so far are kept)")
-        raise typer.Exit(EXIT_BUDGET)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        raise typer.Exit(EXIT_INTERRUPTED)
     typer.echo(markdown_table(table))
     console.print(f"written: {run_dir / COMPARE_DIR / TABLE_MD}", highlight=False)

@@ -13,14 +13,12 @@ from typing import Optional
 
 import typer
 
-from ..errors import InputError, TeacherError
 from ..io.readers import load_seeds
 from ..runs.read import default_eval_dir, resolve_tune_dir
 from ..runs.stages import heldout_eval_tasks
 from ..runs.store import price_for_budget
-from ..teachers.cache import BudgetExhausted
 from ..train.evaluate import RESULTS, TABLE_JSON, TABLE_MD, evaluate, markdown_table, tasks_from_records
-from .common import EXIT_BUDGET, EXIT_INTERRUPTED, cached_judge, console, fail, load, training_bars
+from .common import cached_judge, console, judge_exits, load, training_bars
 from .tune import ConfigOpt, SetOpt
 
 TasksOpt = typer.Option(None, "--tasks", help="Held-out human tasks (seed formats: JSONL, JSON, CSV); default: "
@@ -54,7 +52,7 @@ def eval_command(
 ) -> None:
     """Base model against the tuned adapter on held-out tasks: ROUGE-L, BLEU, accuracy, end-of-turn rate, toxicity,
     reference loss, optional judge; each with a bootstrap interval."""
-    try:
+    with judge_exits("answers so far are cached"):
         cfg = load(config, sets, **{
             "eval.max_new_tokens": max_new_tokens, "eval.batch_size": batch_size, "eval.max_examples": max_examples,
             "eval.judge": judge, "teacher.backend": teacher, "teacher.model": model, "teacher.base_url": base_url})
@@ -72,14 +70,5 @@ def eval_command(
                                  toxicity_threshold=cfg.safety.threshold)
         finally:
             close()
-    except (InputError, TeacherError) as e:
-        fail(e)
-    except BudgetExhausted as e:
-        console.print(f"[yellow]budget:[/] {e}; the judge stopped. Raise the budget and run again (answers so far "
-                      "are cached)")
-        raise typer.Exit(EXIT_BUDGET)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]")
-        raise typer.Exit(EXIT_INTERRUPTED)
     typer.echo(markdown_table(table))
     console.print(f"written: {out_dir / TABLE_JSON}, {out_dir / TABLE_MD}, {out_dir / RESULTS}", highlight=False)

@@ -33,7 +33,6 @@ from typing import Any, Callable
 
 from ..config import Decoding, EvalConfig, TeacherConfig
 from ..errors import InputError
-from ..filters.rouge import rouge_l
 from ..io.classifiers import load_toxicity_scorer
 from ..io.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from ..records import Record
@@ -43,7 +42,8 @@ from ..prompts import render_messages
 from ..stages.parsing import json_choice
 from ..teachers import ChatRequest, make_teacher
 from ..teachers.formats import PAIRWISE
-from .metrics import (bleu_ci, bootstrap, corpus_bleu, exact_match, mean_ci, pair_score, paired_diff_ci)
+from .metrics import (bleu_ci, bootstrap, corpus_bleu, exact_match, mean_ci, pair_score, paired_diff_ci,
+                      rouge_l_scores)
 from .model import end_of_turn_token, load_model, load_tokenizer, need_tune_extra, pick_precision
 
 STAGE = "eval"
@@ -279,9 +279,10 @@ class Students:
 
 def per_task_scores(tasks: list[EvalTask], outs: list[dict], toxicity: list[float] | None,
                     threshold: float) -> list[dict[str, Any]]:
+    rouge = rouge_l_scores([o["text"] for o in outs], [t.reference for t in tasks])
     rows = []
     for i, (task, out) in enumerate(zip(tasks, outs)):
-        row = {"rouge_l": round(rouge_l(out["text"], task.reference), 4), "finished": out["finished"],
+        row = {"rouge_l": round(rouge[i], 4), "finished": out["finished"],
                "new_tokens": out["new_tokens"], "reference_nll": round(out["nll"][0], 4),
                "reference_tokens": out["nll"][1]}
         if task.is_classification:
