@@ -282,6 +282,81 @@ class SelectConfig(_Section):
     embedding: Literal["wordllama"] = "wordllama"  # a model shipped inside its package, loaded with no download
 
 
+class LabelledDataset(_Section):
+    """One labelled dataset for ``templatize``: a local file (JSONL, CSV or parquet) or, where the hub is reachable,
+    a Hugging Face dataset name (read with ``datasets.load_dataset``, the same code path after loading)."""
+
+    path: str = ""
+    hf_name: str = ""  # e.g. "imdb"; needs network access to the hub (or its local cache)
+    hf_config: str = ""
+    split: str = "train"
+    task: str  # the template folder: prompts/templates/<task>/
+    templates: list[str] = []  # template ids of that folder; [] = all of them
+    id_field: str = ""  # the field that names a row; "" = its row number
+    name: str = ""  # how records and reports name it; "" = the file's stem or the hub name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "LabelledDataset":
+        if bool(self.path) == bool(self.hf_name):
+            raise ValueError("give either path or hf_name")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or (Path(self.path).stem if self.path else self.hf_name.replace("/", "_"))
+
+
+class TemplatizeConfig(_Section):
+    """Labelled datasets turned into instruction rows with human-written templates (FLAN / P3 style;
+    ``stages/templatize.py``, templates under ``prompts/templates/<task>/``). No teacher is asked."""
+
+    datasets: list[LabelledDataset] = []
+    templates_dir: str = "prompts/templates"
+    shots: list[Annotated[int, Field(ge=0, le=8)]] = [0, 2]  # zero-shot and k-shot variants of every template
+    max_per_template: int = Field(40, ge=1)  # rows per template and shot count (a seeded sample of the dataset)
+    seed: int = 0
+
+
+class ConversationConfig(_Section):
+    """Multi-turn conversations (``stages/conversation.py``): from kept single-turn records, the teacher plays the
+    user for more turns (a follow-up that builds on the last answer) and then answers as the assistant."""
+
+    turns: int = Field(2, ge=2, le=8)  # user turns per conversation, the record's own first exchange included
+    max_items: int = Field(20, ge=0)  # records to extend (a seeded sample, in file order); 0 = all
+    seed: int = 0
+    # What the simulated user is asked to do next, chosen per turn with a seeded draw (prompts/conversation_user.j2).
+    moves: list[Literal["clarify", "deeper", "constraint"]] = ["clarify", "deeper", "constraint"]
+    user_decoding: Decoding = Decoding(temperature=0.8, top_p=0.9, max_tokens=96)
+    answer_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=320)
+
+
+class PreferencesConfig(_Section):
+    """Preference pairs for DPO (``stages/preferences.py``): more answers per instruction, compared pairwise by the
+    judge ([judge] teacher, else [teacher]) in both orders; best against worst becomes chosen / rejected."""
+
+    answers: int = Field(2, ge=2, le=6)  # candidates per instruction, the record's own output among them
+    max_items: int = Field(20, ge=0)  # records to make pairs for (a seeded sample, in file order); 0 = all
+    seed: int = 0
+    # The other candidates are sampled at these temperatures (cycled), each with its own seed.
+    temperatures: list[float] = [1.0]
+    answer_decoding: Decoding = Decoding(temperature=1.0, top_p=0.95, max_tokens=320)
+    judge_decoding: Decoding = Decoding(temperature=0.0, top_p=1.0, max_tokens=48)
+    # The judge's margin: chosen's share of pairwise wins minus rejected's (0-1). A pair below it is dropped.
+    min_margin: float = Field(0.5, ge=0.0, le=1.0)
+    teacher: TeacherConfig | None = None  # a second teacher for the other candidates; None = [teacher]
+
+
+class DpoConfig(_Section):
+    """``pipeline tune --method dpo``: trl's DPOTrainer with a LoRA adapter, on ``dataset/preferences.jsonl``."""
+
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: str = "sigmoid"
+    # "" = from the base model; else an SFT adapter directory (e.g. outputs/<run>/tune/adapter), merged into the
+    # base first: the reference model is the SFT model and the new LoRA adapter learns on top of it.
+    sft_adapter: str = ""
+    learning_rate: float = Field(5e-5, gt=0.0)
+
+
 class BudgetConfig(_Section):
     """Spending limits for a run, counted over every request the run has paid for (resumes included). The run
     stops cleanly when one is reached; resuming with a larger budget continues."""
@@ -343,6 +418,9 @@ class TuneConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU that has it, else fp32
     num_threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = torch's default
     merge: bool = False  # also write a merged model (base + adapter) to <out>/merged
+    # "sft" on the dataset's messages, or "dpo" on its preferences.jsonl ([tune.dpo]).
+    method: Literal["sft", "dpo"] = "sft"
+    dpo: DpoConfig = DpoConfig()
 
 
 class EvalConfig(_Section):
@@ -412,9 +490,10 @@ class RunConfig(_Section):
     run_id: str = ""  # "" = UTC timestamp
     output_dir: str = "outputs"
     seed_files: list[str] = ["seed_tasks/seed_tasks.jsonl"]
-    # Run in this order whatever order they are listed in: bootstrap, evolve, filter, judge, select, export, tune,
-    # eval.
-    stages: list[Literal["bootstrap", "evolve", "filter", "judge", "select", "export", "tune", "eval"]] = [
+    # Run in this order whatever order they are listed in: templatize, bootstrap, evolve, filter, judge, select,
+    # conversation, preferences, export, tune, eval.
+    stages: list[Literal["templatize", "bootstrap", "evolve", "filter", "judge", "select", "conversation",
+                         "preferences", "export", "tune", "eval"]] = [
         "bootstrap", "filter", "export"]
     teacher: TeacherConfig = TeacherConfig()
     bootstrap: BootstrapConfig = BootstrapConfig()
@@ -424,6 +503,9 @@ class RunConfig(_Section):
     safety: SafetyConfig = SafetyConfig()
     judge: JudgeConfig = JudgeConfig()
     select: SelectConfig = SelectConfig()
+    templatize: TemplatizeConfig = TemplatizeConfig()
+    conversation: ConversationConfig = ConversationConfig()
+    preferences: PreferencesConfig = PreferencesConfig()
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
     budget: BudgetConfig = BudgetConfig()
@@ -441,7 +523,14 @@ class RunConfig(_Section):
         data = self.model_dump(mode="json")
         for key in ("run_id", "output_dir", "budget", "prices"):
             data.pop(key, None)
-        for teacher in (data["teacher"], data["judge"]["teacher"]):
+        # The sources added later count only where a run uses them, so older runs keep their fingerprint.
+        for section in ("templatize", "conversation", "preferences"):
+            if section not in data["stages"]:
+                data.pop(section)
+        if data["tune"]["method"] == "sft":
+            data["tune"].pop("method")
+            data["tune"].pop("dpo")
+        for teacher in (data["teacher"], data["judge"]["teacher"], (data.get("preferences") or {}).get("teacher")):
             if teacher is None:
                 continue
             for key in ("concurrency", "max_concurrency", "timeout_s", "max_retries", "base_url", "api_key_env",

@@ -6,6 +6,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 
+def user_prompt(instruction: str, input_: str) -> str:
+    """The user's message of an instruction and its input (the input after a blank line, when there is one)."""
+    return f"{instruction}\n\n{input_}" if input_.strip() else instruction
+
+
 @dataclass
 class Record:
     """One instruction with one instance: a row of the final dataset, with its provenance."""
@@ -15,7 +20,7 @@ class Record:
     input: str = ""
     output: str = ""
     is_classification: bool | None = None
-    source: str = "seed"  # seed | bootstrap | evolve
+    source: str = "seed"  # seed | bootstrap | evolve | template
     task_id: str = ""  # records generated for one instruction share a task id
     nearest_id: str | None = None
     nearest_instruction: str | None = None
@@ -30,14 +35,27 @@ class Record:
     operation: str | None = None
     # Judge scores (stage "judge"): {"quality": 0-5, "complexity": 1-5}, None where the answer could not be read.
     scores: dict[str, float | None] = field(default_factory=dict)
+    # A conversation (stage "conversation"): the messages that follow the first exchange (instruction + input ->
+    # output), alternating {"role": "user"} and {"role": "assistant"}. Empty for a single-turn record.
+    turns: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The record as a JSON-ready dict (shallow: ``meta`` is copied one level, which is all it holds before
-        it is written; ``dataclasses.asdict`` deep-copies and was a tenth of the engine thread's CPU)."""
+        it is written; ``dataclasses.asdict`` deep-copies and was a tenth of the engine thread's CPU). ``turns``
+        only when there are any, so single-turn rows read as they always did."""
         d = {name: getattr(self, name) for name in _FIELDS}
         d["meta"] = dict(self.meta)
         d["scores"] = dict(self.scores)
+        if self.turns:
+            d["turns"] = [dict(m) for m in self.turns]
+        else:
+            del d["turns"]
         return d
+
+    def messages(self) -> list[dict[str, str]]:
+        """The record as chat messages: the first exchange, then its further turns."""
+        return [{"role": "user", "content": user_prompt(self.instruction, self.input)}, {"role": "assistant", "content": self.output},
+                *(dict(m) for m in self.turns)]
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Record":

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import InputError
-from ..report.summary import ci_text, compare, summarize
+from ..report.summary import ci_text, compare, kept_records, summarize
 from ..runs.read import RunData, records_frame
 from .common import fail
 
@@ -85,6 +85,9 @@ def _print_summary(s: dict[str, Any]) -> None:
         div.add_row(key, _fmt(value))
     out.print(div)
     _print_quality(s["quality"])
+    _print_sources(s.get("sources"))
+    _print_conversations(s.get("conversations"))
+    _print_preferences(s.get("preferences"))
     _print_evaluation(s["evaluation"])
 
 
@@ -126,6 +129,85 @@ def _print_quality(q: dict[str, Any]) -> None:
     if r and r.get("mode") != "off":
         out.print(f"repeated responses ({r['mode']}): {_fmt(r.get('exact'))} exact, {_fmt(r.get('near'))} near, "
                   f"of {_fmt(r.get('compared'))} outputs compared", highlight=False)
+
+
+def _counts(d: dict[str, Any] | None) -> str:
+    return ", ".join(f"{escape(str(k))} {_fmt(v)}" for k, v in (d or {}).items()) or "–"
+
+
+def _print_sources(src: dict[str, Any] | None) -> None:
+    """The dataset's rows by record source, and per labelled dataset and template when templatize ran."""
+    if not src:
+        return
+    t = Table(title="dataset rows by source", caption=f"{_fmt(src['rows'])} records of "
+              f"{_fmt(', '.join(src['files']) or src['stage'] or 'the generating stages')}")
+    for col in ("source", "rows", "share"):
+        t.add_column(col, justify="left" if col == "source" else "right")
+    for r in src["by_source"]:
+        t.add_row(_fmt(r["source"]), _fmt(r["rows"]), f"{100 * r['share']:.1f}%" if r["share"] is not None else "–")
+    out.print(t)
+    if src["dataset_rows"] is not None and src["dataset_rows"] != src["rows"]:
+        out.print(f"[yellow]dataset/train.jsonl holds {_fmt(src['dataset_rows'])} rows, the export's input "
+                  f"{_fmt(src['rows'])} records[/]: export has not finished, or its input changed after it ran",
+                  highlight=False)
+    tz = src["templatize"]
+    if tz:
+        t = Table(title=f"templatize: labelled datasets through templates (shots "
+                        f"{', '.join(map(str, tz['shots'] or [])) or '–'}, at most {_fmt(tz['max_per_template'])} "
+                        "per template and shot count)",
+                  caption="made: records the stage wrote; in dataset: those export wrote after the stages between")
+        for col in ("dataset / template", "task", "rows in", "made", "skipped", "rejected", "in dataset"):
+            t.add_column(col, justify="left" if col in ("dataset / template", "task") else "right")
+        for d in tz["datasets"]:
+            t.add_row(f"[bold]{_fmt(d['dataset'])}[/]", _fmt(d["task"]), _fmt(d["rows_in"]), _fmt(d["records"]), "",
+                      _fmt(d["rejected"]), f"[bold]{_fmt(d['in_dataset'])}[/]")
+            for tm in d["templates"]:
+                t.add_row(f"  {_fmt(tm['template'])}", "", "", _fmt(tm["records"]), _fmt(tm["skipped"]),
+                          _fmt(tm["rejected"]), _fmt(tm["in_dataset"]))
+        out.print(t)
+        if tz["rejected_by_reason"]:
+            out.print(f"templatize rejected: {_counts(tz['rejected_by_reason'])}", highlight=False)
+
+
+def _print_conversations(c: dict[str, Any] | None) -> None:
+    """Turns per conversation (the stage's, and the dataset rows' from export) and the failed turns' reasons."""
+    if not c:
+        return
+    t = Table(title="turns per conversation")
+    t.add_column("user turns")
+    t.add_column("conversations", justify="right")
+    if c["turns_per_row"]:
+        t.add_column("dataset rows", justify="right")
+    for k, n in c["turns_per_conversation"].items():
+        t.add_row(escape(k), _fmt(n), *([_fmt(c["turns_per_row"].get(k, 0))] if c["turns_per_row"] else []))
+    out.print(t)
+    share = f"{100 * c['share_multi_turn']:.1f}%" if c["share_multi_turn"] is not None else "–"
+    out.print(f"conversations: {_fmt(c['conversations'])} records, {_fmt(c['extended'])} sampled for follow-ups, "
+              f"target {_fmt(c['target_turns'])} user turns; multi-turn {_fmt(c['multi_turn'])} ({share}), reached "
+              f"the target {_fmt(c['reached_target'])}, mean user turns {_fmt(c['mean_turns'])}", highlight=False)
+    at_turn = ", ".join(f"turn {escape(k)}: {_fmt(n)}" for k, n in c["failed_at_turn"].items())
+    out.print(f"failed turns {_fmt(c['failed_turns'])}"
+              + (f": {_counts(c['failed_by_reason'])} (by side: {_counts(c['failed_by_side'])}; {at_turn})"
+                 if c["failed_turns"] else ""), highlight=False)
+
+
+def _print_preferences(p: dict[str, Any] | None) -> None:
+    """Preference pairs kept and dropped by reason, the margin histogram, the mean margin and how often the
+    record's own answer was chosen."""
+    if not p:
+        return
+    t = Table(title="preference pairs by margin")
+    t.add_column("margin")
+    t.add_column("pairs", justify="right")
+    for k, n in p["margins"].items():
+        t.add_row(escape(k), _fmt(n))
+    out.print(t)
+    share = f"{100 * p['share_chosen_is_original']:.1f}%" if p["share_chosen_is_original"] is not None else "–"
+    out.print(f"preference pairs: {_fmt(p['pairs'])} kept, {_fmt(p['dropped'])} records without a pair"
+              + (f" ({_counts(p['dropped_by_reason'])})" if p["dropped"] else "")
+              + f"; mean margin {_fmt(p['mean_margin'])} (min {_fmt(p['min_margin'])}); chosen is the record's own "
+              f"answer {_fmt(p['chosen_is_original'])} ({share}); pairs in dataset/preferences.jsonl "
+              f"{_fmt(p['exported_pairs'])}; judge {_fmt(p['judge_model'])}", highlight=False)
 
 
 def _eval_caption(e: dict[str, Any]) -> str:
@@ -216,7 +298,8 @@ def _select(run: RunData, stage: Optional[str], rejected: Optional[str]) -> pd.D
             raise InputError("--stage", f"no kept records for stage {stage!r}; stages with records: "
                              + ", ".join(run.record_stages()))
         return run.frame(stage, "kept")
-    return records_frame(run.final_rows(), run.final_stage() or "")
+    final_stage, rows = kept_records(run)
+    return records_frame(rows, final_stage or "")
 
 
 def _query(df: pd.DataFrame, expr: str) -> pd.DataFrame:
@@ -230,9 +313,16 @@ def _query(df: pd.DataFrame, expr: str) -> pd.DataFrame:
 
 
 def _record_view(row: dict[str, Any]) -> dict[str, Any]:
-    keep = ["id", "stage", "source", "reason", "instruction", "input", "output", "is_classification",
-            "nearest_instruction", "rouge_l", "parent_id", "root_id", "round", "operation", "details"]
-    return {k: row[k] for k in keep if k in row and row[k] not in (None, "", {}) and not _isnan(row[k])}
+    keep = ["id", "stage", "source", "reason", "instruction", "input", "output", "turns", "prompt", "chosen",
+            "rejected", "margin", "is_classification", "nearest_instruction", "rouge_l", "parent_id", "root_id",
+            "round", "operation", "details"]
+    return {k: row[k] for k in keep if k in row and _shown(row[k])}
+
+
+def _shown(v: Any) -> bool:
+    if isinstance(v, (list, dict)):
+        return bool(v)
+    return v is not None and v != "" and not _isnan(v)
 
 
 def _isnan(v: Any) -> bool:
@@ -248,6 +338,9 @@ def _print_records(rows: list[dict[str, Any]], total: int, title: str) -> None:
         for key, value in _record_view(row).items():
             if key == "details":
                 table.add_row(key, ", ".join(f"{escape(str(k))}={_clip(v, 200)}" for k, v in value.items()))
+            elif key == "turns" and isinstance(value, list):  # a conversation's further turns, a line each
+                table.add_row(key, "\n".join(_clip(f"{m.get('role', '?')}: {m.get('content', '')}")
+                                              for m in value if isinstance(m, dict)))
             else:
                 table.add_row(key, _clip(value))
         out.rule()
@@ -260,8 +353,8 @@ def inspect_command(
     rejected: Optional[str] = typer.Option(None, "--rejected", metavar="REASON",
                                            help="Show rejected records of this reason ('all' for every reason)."),
     kept: bool = typer.Option(False, "--kept", help="Show kept records (the dataset's, or --stage's)."),
-    stage: Optional[str] = typer.Option(None, "--stage", help="Limit records to one stage (bootstrap, evolve, "
-                                        "filter)."),
+    stage: Optional[str] = typer.Option(None, "--stage", help="Limit records to one stage (templatize, bootstrap, "
+                                        "evolve, filter, judge, select, conversation, preferences)."),
     query: Optional[str] = typer.Option(None, "--query", metavar="EXPR",
                                         help="Filter records with a pandas expression, e.g. "
                                         "\"output_words < 5 and source == 'bootstrap'\"."),

@@ -8,13 +8,14 @@ import sys
 
 import typer
 
-from . import check_teacher, compare, evolve, inspect, report, run, tune
+from . import check_teacher, compare, evolve, inspect, report, run, templatize, tune
 from . import eval as eval_cmd
 from .common import report_unexpected
 from . import filter as filter_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make instruction-tuning data: Self-Instruct bootstrap, filtering, export.")
+                  help="Make instruction-tuning data: Self-Instruct, Evol-Instruct, templated datasets, conversations, "
+                       "preference pairs; filter, select, export, tune, evaluate.")
 app.command("run")(run.run_command)
 app.command("bootstrap")(run.bootstrap_command)
 app.command("check-teacher")(check_teacher.check_teacher_command)
@@ -23,6 +24,7 @@ app.command("eval")(eval_cmd.eval_command)
 app.command("compare-data")(compare.compare_command)
 app.command("filter")(filter_cmd.filter_command)
 app.command("evolve")(evolve.evolve_command)
+app.command("templatize")(templatize.templatize_command)
 app.command("inspect")(inspect.inspect_command)
 app.command("report")(report.report_command)
 

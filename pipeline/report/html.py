@@ -11,15 +11,17 @@ from typing import Any
 import jinja2
 
 from ..io.files import write_text_atomic
+from ..records import user_prompt
 from ..runs.read import RunData, records_frame
 from . import plots
-from .summary import (ci_text, data_quality, diversity, evaluation, evolve_stats, overview, seed_similarity,
-                      stage_rows)
+from .summary import (ci_text, conversations, data_quality, diversity, evaluation, evolve_stats, kept_records,
+                      overview, preference_figures, seed_similarity, sources, stage_rows)
 from .verbs import first_words, parser_name, top_pairs, verb_objects
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"  # pipeline/templates, the package data
 SAMPLE_TEXT_CHARS = 600
 EVAL_SAMPLE = 5  # result rows shown per evaluation
+CHAT_SAMPLE = 2  # conversations and preference pairs shown
 
 
 def _clip(text: str, n: int = SAMPLE_TEXT_CHARS) -> str:
@@ -66,9 +68,56 @@ def _eval_samples(run: RunData, kind: str, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def _conversation_samples(run: RunData, n: int, seed: int) -> list[dict[str, Any]]:
+    """A few conversations of the conversation stage (records that got follow-up turns), as chat messages."""
+    rows = [r for r in run.rows("conversation", "kept") if r.get("turns")]
+    out = []
+    for row in _sample(rows, n, seed):
+        messages = [{"role": "user", "content": user_prompt(row.get("instruction") or "", row.get("input") or "")},
+                    {"role": "assistant", "content": row.get("output") or ""}, *(row.get("turns") or [])]
+        out.append({"id": row.get("id", ""), "source": row.get("source", ""),
+                    "turns": sum(m.get("role") == "user" for m in messages),
+                    "messages": [{"role": m.get("role", "?"), "content": _clip(m.get("content", ""), 900)}
+                                 for m in messages]})
+    return out
+
+
+def _judge_orders(pair: dict[str, Any]) -> list[dict[str, Any]]:
+    """The judge's verdicts and reasons on the chosen answer against the rejected one, one per order (the pair's
+    first candidate was A in the first request, B in the second)."""
+    texts = [c.get("text") for c in pair.get("candidates") or []]
+    if pair.get("chosen") not in texts or pair.get("rejected") not in texts:
+        return []
+    best, worst = texts.index(pair["chosen"]), texts.index(pair["rejected"])
+    for v in pair.get("verdicts") or []:
+        if {v.get("first"), v.get("second")} == {best, worst}:
+            verdicts, reasons = list(v.get("verdicts") or []), list(v.get("reasons") or [])
+            return [{"order": "chosen as " + ("A" if (v.get("first") == best) == (i == 0) else "B"),
+                     "verdict": verdicts[i] if i < len(verdicts) else None,
+                     "reason": _clip(str(reasons[i]), 300) if i < len(reasons) and reasons[i] else ""}
+                    for i in range(max(len(verdicts), len(reasons)))]
+    return []
+
+
+def _preference_samples(run: RunData, n: int, seed: int) -> list[dict[str, Any]]:
+    """A few preference pairs: prompt, chosen, rejected, margin, every candidate's win share and the judge's
+    verdicts and reasons on chosen against rejected."""
+    out = []
+    for row in _sample(run.rows("preferences", "kept"), n, seed):
+        cands = [{"label": "own answer" if c.get("temperature") is None else f"t={c.get('temperature')}",
+                  "share": c.get("share"), "chosen": c.get("text") == row.get("chosen"),
+                  "rejected": c.get("text") == row.get("rejected")} for c in row.get("candidates") or []]
+        out.append({"id": row.get("id", ""), "source": row.get("source", ""),
+                    "prompt": _clip(row.get("prompt", ""), 500),
+                    "chosen": _clip(row.get("chosen", ""), 700), "rejected": _clip(row.get("rejected", ""), 700),
+                    "margin": row.get("margin"), "chosen_is_original": row.get("chosen_is_original"),
+                    "candidates": cands, "judge": _judge_orders(row)})
+    return out
+
+
 def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, Any]:
-    rows = run.final_rows()
-    final = records_frame(rows, run.final_stage() or "")
+    final_stage, rows = kept_records(run)
+    final = records_frame(rows, final_stage or "")
     instructions = final["instruction"].tolist()
     pairs = verb_objects(instructions) if instructions else None
     parser = parser_name()
@@ -84,6 +133,9 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
     seed_score = dict(zip((r.get("id") for r in rows), scores or []))
     stages = stage_rows(run)
     quality = data_quality(run)
+    src = sources(run, rows)
+    conv = conversations(run)
+    prefs = preference_figures(run)
     evals = evaluation(run)
     threshold = ((run.manifest.get("config") or {}).get("filter") or {}).get("rouge_threshold", 0.7)
     samples = [{"id": r.get("id", ""), "source": r.get("source", ""), "instruction": _clip(r.get("instruction", "")),
@@ -96,7 +148,7 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
         "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "overview": overview(run),
         "stages": stages,
-        "final_stage": run.final_stage(),
+        "final_stage": final_stage,
         "diversity": diversity(final, pairs, scores),
         "verb_note": verb_note,
         "charts": {
@@ -111,8 +163,26 @@ def build_context(run: RunData, sample: int = 25, seed: int = 0) -> dict[str, An
             "eval": plots.eval_bars((evals["eval"] or {}).get("models"), "base vs tuned on the held-out tasks"),
             "compare": plots.eval_bars((evals["compare"] or {}).get("models"),
                                        "one adapter per data selection, on the held-out tasks"),
+            "sources": plots.count_bars([
+                ("by source", {r["source"]: r["rows"] for r in src["by_source"]}, "source", "rows"),
+                ("template rows by labelled dataset",
+                 {d["dataset"]: d["in_dataset"] for d in (src["templatize"] or {}).get("datasets", [])},
+                 "dataset", "rows")], "the exported dataset's rows") if src else None,
+            "turns": plots.count_bars([
+                ("turns per conversation", conv["turns_per_conversation"], "user turns", "conversations"),
+                ("failed turns by reason", conv["failed_by_reason"], "reason", "failed turns")],
+                "conversations") if conv else None,
+            "margins": plots.count_bars([
+                ("kept pairs by margin", prefs["margins"], "margin (chosen's win share − rejected's)", "pairs"),
+                ("records without a pair", prefs["dropped_by_reason"], "reason", "records")],
+                "preference pairs") if prefs else None,
         },
         "quality": quality,
+        "sources": src,
+        "conversations": conv,
+        "preferences": prefs,
+        "conversation_samples": _conversation_samples(run, CHAT_SAMPLE, seed) if conv else [],
+        "preference_samples": _preference_samples(run, CHAT_SAMPLE, seed) if prefs else [],
         "evaluation": evals,
         "eval_samples": {kind: _eval_samples(run, kind, seed) for kind in evals if evals[kind]},
         "evolve": evolve_stats(run),

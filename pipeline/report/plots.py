@@ -210,3 +210,33 @@ def eval_bars(models: list[dict[str, Any]], title: str) -> str | None:
     fig.suptitle(title)
     fig.tight_layout()
     return _svg(fig)
+
+
+@_styled
+def count_bars(panels: list[tuple[str, dict[str, int], str, str]], title: str) -> str | None:
+    """Side by side bar charts of counts, one per ``(panel title, {label: count}, x label, y label)``, bars in the
+    counts' order (rows per source, turns per conversation, pairs per margin bin, ...), each labelled with its
+    count. Empty panels are left out."""
+    panels = [p for p in panels if p[1] and sum(p[1].values())]
+    if not panels:
+        return None
+    widths = [max(2.0, min(0.55 * len(p[1]) + 1.2, 6.5)) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(sum(widths) + 0.6, 4.5), 3.0), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for k, (ax, (name, counts, xlabel, ylabel)) in enumerate(zip(axes[0], panels)):
+        keys = list(counts)
+        x = list(range(len(keys)))  # positions, not the labels: matplotlib warns on number-like category names
+        ax.bar(x, [counts[key] for key in keys], color=PALETTE[k % len(PALETTE)])
+        for i, key in enumerate(keys):
+            ax.text(i, counts[key], f"{counts[key]}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(x, keys)
+        if len(keys) > 4 or max(len(str(key)) for key in keys) > 10:
+            ax.tick_params(axis="x", labelrotation=25)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+        ax.set_ylim(0, max(counts.values()) * 1.15)
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # counts: no 0.5 of a record
+        ax.set(title=name, xlabel=xlabel, ylabel=ylabel)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _svg(fig)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..filters.novelty import NoveltyIndex
+from ..io.files import count_lines
 from ..io.readers import load_seeds
 from ..runs.read import RECORD_STAGES, RunData, records_frame
 from .verbs import verb_objects
@@ -166,6 +167,144 @@ def data_quality(run: RunData) -> dict[str, Any]:
     }
 
 
+# The stages that make records of other kinds than the paper's (labelled datasets through templates,
+# conversations, preference pairs): a run with any of them gets the sources, conversation and preference figures.
+SOURCE_STAGES = ("templatize", "conversation", "preferences")
+MARGIN_BINS = ("0.00-0.25", "0.25-0.50", "0.50-0.75", "0.75-1.00")  # ``stages.preferences.margin_histogram``'s
+
+
+def _share(n: int | None, total: int | None) -> float | None:
+    return round(n / total, 4) if n is not None and total else None
+
+
+def _numeric_keys(hist: dict[str, int]) -> dict[str, int]:
+    """A histogram keyed by numbers as text ("1", "2", ... "10") in numeric order."""
+    def key(k: str) -> tuple[float, str]:
+        try:
+            return float(k), k
+        except ValueError:
+            return float("inf"), k
+    return {str(k): int(hist[k]) for k in sorted(hist, key=lambda k: key(str(k)))}
+
+
+def kept_records(run: RunData) -> tuple[str | None, list[dict[str, Any]]]:
+    """The records behind the dataset and the stage they come from (``RunData.final_stage``, ``final_rows``)."""
+    return run.final_stage(), run.final_rows()
+
+
+def sources(run: RunData, rows: list[dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """What the exported dataset is made of, for a run with templatize, conversation or preferences (None for
+    another): the records export writes (``RunData.final_rows``, or ``rows``) counted by ``source`` (seed,
+    bootstrap, evolve, template) and, when templatize ran, per labelled dataset and template: what the stage made
+    (the manifest's figures) and how many of those rows are in the dataset."""
+    if not any(s in run.stages() for s in SOURCE_STAGES):
+        return None
+    rows = run.final_rows() if rows is None else rows
+    by_source = Counter(str(r.get("source") or "?") for r in rows)
+    exported = "export" in run.stages() or run.dataset_file.exists()
+    out: dict[str, Any] = {
+        "stage": run.export_stage(),  # None: the generated records (templatize, bootstrap, evolve)
+        "files": [str(p.relative_to(run.dir)) for p in run.final_files()],
+        "rows": len(rows),
+        "dataset_rows": run.count("export", "kept") if exported else None,
+        "by_source": [{"source": src, "rows": n, "share": _share(n, len(rows))} for src, n in by_source.most_common()],
+        "templatize": None,
+    }
+    if "templatize" in run.stages():
+        t = run.stage_stats("templatize")
+        in_data: Counter = Counter()
+        in_template: Counter = Counter()
+        for r in rows:
+            if r.get("source") == "template":
+                meta = r.get("meta") or {}
+                in_data[str(meta.get("dataset", "?"))] += 1
+                in_template[(str(meta.get("dataset", "?")), str(meta.get("template", "?")))] += 1
+        made = t.get("datasets") or {}
+        datasets = []
+        for name in list(made) + [n for n in in_data if n not in made]:
+            d = made.get(name) or {}
+            per = d.get("templates") or {}
+            ids = list(per) + [tid for dn, tid in in_template if dn == name and tid not in per]
+            datasets.append({
+                "dataset": name, "task": d.get("task"), "origin": d.get("origin"), "rows_in": d.get("rows_in"),
+                "records": d.get("records"), "rejected": d.get("rejected"), "in_dataset": in_data.get(name, 0),
+                "templates": [{"template": tid, "records": (per.get(tid) or {}).get("rows"),
+                               "skipped": (per.get(tid) or {}).get("skipped"),
+                               "rejected": (per.get(tid) or {}).get("rejected"),
+                               "in_dataset": in_template.get((name, tid), 0)} for tid in ids],
+            })
+        out["templatize"] = {"kept": run.count("templatize", "kept"), "rejected": run.count("templatize", "rejected"),
+                             "rejected_by_reason": dict(reason_counts(run, "templatize").most_common()),
+                             "shots": t.get("shots"), "max_per_template": t.get("max_per_template"),
+                             "datasets": datasets}
+    return out
+
+
+def conversations(run: RunData) -> dict[str, Any] | None:
+    """The conversation stage's figures (None when it did not run): conversations (every input record is kept),
+    how many got follow-up turns, turns per conversation (the stage's histogram; the dataset's, from export, beside
+    it) and the failed turns by reason, side (user: the simulated follow-up; assistant: the answer) and turn."""
+    if "conversation" not in run.stages():
+        return None
+    m = run.stage_stats("conversation")
+    turns = _numeric_keys(m.get("turns_per_conversation") or {})
+    if not turns:  # a stage that never recorded its figures: count its file
+        turns = _numeric_keys(Counter(str(1 + len(r.get("turns") or []) // 2)
+                                      for r in run.rows("conversation", "kept")))
+    failed = run.rows("conversation", "rejected")
+    total = sum(turns.values())
+    multi = sum(n for k, n in turns.items() if k != "1")
+    target = m.get("target_turns")
+    reached = (sum(n for k, n in turns.items() if k.isdigit() and int(k) >= int(target))
+               if isinstance(target, int) else None)
+    weighted = sum(float(k) * n for k, n in turns.items() if k.replace(".", "", 1).isdigit())
+    return {
+        "conversations": run.count("conversation", "kept"), "input": m.get("input"), "extended": m.get("extended"),
+        "target_turns": target, "multi_turn": multi, "share_multi_turn": _share(multi, total),
+        "reached_target": reached, "mean_turns": round(weighted / total, 3) if total else None,
+        "turns_per_conversation": turns,
+        "turns_per_row": _numeric_keys(run.stage_stats("export").get("turns_per_row") or {}) or None,
+        "failed_turns": len(failed),
+        "failed_by_reason": dict(Counter(str(r.get("reason", "?")) for r in failed).most_common()),
+        "failed_by_side": dict(Counter(str((r.get("details") or {}).get("side", "?")) for r in failed).most_common()),
+        "failed_at_turn": _numeric_keys(Counter(str((r.get("details") or {}).get("turn", "?")) for r in failed)),
+        "teacher_model": m.get("teacher_model"),
+    }
+
+
+def preference_figures(run: RunData) -> dict[str, Any] | None:
+    """The preferences stage's figures (None when it did not run): pairs kept and records dropped by reason
+    (counted from its files), the margin histogram, mean margin and how often the record's own answer was chosen
+    (the manifest's; counted from the pairs when it has none), and the pairs export wrote."""
+    if "preferences" not in run.stages():
+        return None
+    m = run.stage_stats("preferences")
+    pairs = run.count("preferences", "kept")
+    reasons = reason_counts(run, "preferences")
+    margins, mean, original = m.get("margins"), m.get("mean_margin"), m.get("chosen_is_original")
+    if margins is None or original is None or (mean is None and pairs):
+        rows = run.rows("preferences", "kept")
+        values = [float(r["margin"]) for r in rows if isinstance(r.get("margin"), (int, float))]
+        margins = dict.fromkeys(MARGIN_BINS, 0)
+        for v in values:
+            margins[MARGIN_BINS[min(max(int(v / 0.25), 0), 3)]] += 1
+        mean = round(sum(values) / len(values), 4) if values else None
+        original = sum(bool(r.get("chosen_is_original")) for r in rows)
+    export = run.stage_stats("export")
+    exported = export.get("preference_pairs")
+    if exported is None and run.preferences_file.exists():
+        exported = count_lines(run.preferences_file)
+    cfg = (run.manifest.get("config") or {}).get("preferences") or {}
+    dropped = sum(reasons.values())
+    return {
+        "input": m.get("input"), "pairs": pairs, "dropped": dropped,
+        "dropped_by_reason": dict(reasons.most_common()), "keep_rate": _share(pairs, pairs + dropped),
+        "margins": dict(margins), "mean_margin": mean, "min_margin": cfg.get("min_margin"),
+        "chosen_is_original": original, "share_chosen_is_original": _share(original, pairs),
+        "exported_pairs": exported, "teacher_model": m.get("teacher_model"), "judge_model": m.get("judge_model"),
+    }
+
+
 # The scores of an evaluation (``pipeline.train.evaluate``): label, key in table.json's "models" (the judge score
 # is in its "judge"), digits. BLEU is sacrebleu's, on 0-100.
 EVAL_METRICS = (("ROUGE-L", "rouge_l", 3), ("BLEU", "bleu", 2), ("accuracy", "accuracy", 3),
@@ -224,14 +363,18 @@ def evaluation(run: RunData) -> dict[str, Any]:
 
 def summarize(run: RunData, *, parse_verbs: bool = True) -> dict[str, Any]:
     """Everything ``inspect`` shows for one run."""
-    final = records_frame(run.final_rows(), run.final_stage() or "")
+    stage, rows = kept_records(run)
+    final = records_frame(rows, stage or "")
     pairs = verb_objects(final["instruction"].tolist()) if parse_verbs and len(final) else None
     return {
         "overview": overview(run),
         "stages": stage_rows(run),
-        "final_stage": run.final_stage(),
+        "final_stage": stage,
         "diversity": diversity(final, pairs, seed_similarity(run, final["instruction"].tolist())),
         "quality": data_quality(run),
+        "sources": sources(run, rows),
+        "conversations": conversations(run),
+        "preferences": preference_figures(run),
         "evaluation": evaluation(run),
     }
 
@@ -266,6 +409,18 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
     for key in ("instruction_words", "output_words", "rouge_l_to_nearest_seed"):
         if key in da or key in db:
             add(f"diversity.{key}.mean", (da.get(key) or {}).get("mean"), (db.get(key) or {}).get("mean"))
+    src_a = {r["source"]: r["rows"] for r in (a.get("sources") or {}).get("by_source", [])}
+    src_b = {r["source"]: r["rows"] for r in (b.get("sources") or {}).get("by_source", [])}
+    for src in list(src_a) + [s for s in src_b if s not in src_a]:  # dataset rows per source, where either has them
+        add(f"sources.{src}", src_a.get(src, 0), src_b.get(src, 0))
+    ca, cb = a.get("conversations") or {}, b.get("conversations") or {}
+    if ca or cb:
+        for key in ("multi_turn", "mean_turns", "failed_turns"):
+            add(f"conversation.{key}", ca.get(key), cb.get(key))
+    pa, pb = a.get("preferences") or {}, b.get("preferences") or {}
+    if pa or pb:
+        for key in ("pairs", "dropped", "mean_margin", "share_chosen_is_original"):
+            add(f"preferences.{key}", pa.get(key), pb.get(key))
     for kind in ("eval", "compare"):  # the scores of the models each run evaluated, where either has them
         ma = {m["model"]: m for m in ((a.get("evaluation") or {}).get(kind) or {}).get("models", [])}
         mb = {m["model"]: m for m in ((b.get("evaluation") or {}).get(kind) or {}).get("models", [])}

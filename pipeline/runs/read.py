@@ -4,7 +4,10 @@ layout itself is ``runs.store``'s::
 
     RUN_DIR/manifest.json
     RUN_DIR/<stage>/kept.jsonl, RUN_DIR/<stage>/rejected.jsonl     (bootstrap, evolve, filter)
+                                                                    (also templatize, judge, select, conversation,
+                                                                     preferences: its rows are pairs)
     RUN_DIR/dataset/train.jsonl, messages.jsonl, README.md          (export)
+    RUN_DIR/dataset/preferences.jsonl                               (export, after the preferences stage)
     RUN_DIR/eval/table.json, results.jsonl                          (pipeline eval: base vs the tuned adapter)
     RUN_DIR/compare/table.json, results.jsonl                       (pipeline compare-data: one adapter a selection)
 
@@ -25,14 +28,16 @@ import pandas as pd
 from ..config import PROJECT_ROOT
 from ..errors import InputError
 from ..io.files import count_lines, read_jsonl
-from .store import (CARD, DATASET_DIR, DATASET_FILES, EVAL_DIR, FILTER_FILES, FILTER_STATS, MANIFEST, RECORD_STAGES,
-                    REPORT, TUNE_DIR, is_done, stage_path)
+from .store import (CARD, DATASET_DIR, DATASET_FILES, EVAL_DIR, FILTER_FILES, FILTER_STATS, GENERATING_STAGES,
+                    DPO_DIR, MANIFEST, PREFERENCES_FILE, RECORD_STAGES, REPORT, TUNE_DIR, is_done, stage_path)
 
 # The evaluations a run may hold, each a folder with the files ``pipeline.train.evaluate.evaluate_models`` writes
 # (named here so that reading a run loads neither train/ nor torch): ``pipeline eval``'s and ``pipeline
 # compare-data``'s (``runs.compare.COMPARE_DIR``).
 EVALUATIONS = {"eval": EVAL_DIR, "compare": "compare"}
 EVAL_TABLE, EVAL_RESULTS = "table.json", "results.jsonl"
+# The record stages export may read, in run order (``Run.stage_input("export")``): the last of them in the run.
+EXPORT_CHAIN = ("filter", "judge", "select", "conversation")
 
 
 @dataclass
@@ -144,22 +149,48 @@ class RunData:
             rows = [row for i, row in enumerate(rows) if i in keep]
         return rows
 
-    def final_stage(self) -> str | None:
-        """The stage whose kept records make the dataset: the last of select, judge and filter that ran, else the
-        last generating stage."""
-        for stage in ("select", "judge", "filter", "evolve", "bootstrap"):
-            if self.path(stage, "kept").exists():
+    def stage_stats(self, stage: str) -> dict[str, Any]:
+        """The manifest's figures of one stage ({} when the run has none)."""
+        return (self.manifest.get("stages") or {}).get(stage) or {}
+
+    def export_stage(self) -> str | None:
+        """The record stage whose kept records export writes, as ``Run.stage_input("export")`` decides: the last of
+        filter, judge, select and conversation that the run's config lists or that finished; None when there is
+        none (export then reads the generated records: templatize's, bootstrap's and evolve's)."""
+        if self.flat:
+            return "filter"
+        configured = set((self.manifest.get("config") or {}).get("stages") or [])
+        for stage in reversed(EXPORT_CHAIN):
+            if stage in configured or self.is_done(stage):
                 return stage
         return None
 
-    def final_rows(self) -> list[dict[str, Any]]:
-        """The records behind the exported dataset (with all their metadata, unlike dataset/train.jsonl)."""
+    def final_stage(self) -> str | None:
+        """The stage whose kept records make the dataset (``export_stage``) when it has written them; else, for a
+        run stopped before it, the last stage of that chain that wrote its kept file; else the generating stages
+        that did ("templatize+bootstrap" when several); None when nothing was kept."""
+        stage = self.export_stage()
+        if stage and self.path(stage, "kept").exists():
+            return stage
+        for stage in reversed(EXPORT_CHAIN):
+            if self.path(stage, "kept").exists():
+                return stage
+        return "+".join(s for s in GENERATING_STAGES if self.path(s, "kept").exists()) or None
+
+    def final_files(self) -> list[Path]:
+        """The kept files behind the exported dataset (``Run.final_files``), those that exist."""
         stage = self.final_stage()
-        if stage is None:
-            return []
-        if stage in ("filter", "judge", "select"):
-            return self.rows(stage, "kept")
-        return [row for s in ("bootstrap", "evolve") for row in self.rows(s, "kept")]
+        return [self.path(s, "kept") for s in stage.split("+")] if stage else []
+
+    def final_rows(self) -> list[dict[str, Any]]:
+        """The records export writes as the dataset's rows, in its order, with all their metadata (source, turns,
+        the template's ``meta``), unlike dataset/train.jsonl."""
+        return [row for p in self.final_files() for row in read_jsonl(p, complete_only=True)]
+
+    @property
+    def preferences_file(self) -> Path:
+        """The exported preference pairs (``dataset/preferences.jsonl``, trl's DPO form)."""
+        return self.dir / PREFERENCES_FILE
 
     def seed_files(self) -> list[Path]:
         """The seed (or evolve input) files the run started from, where they can still be found."""
@@ -235,6 +266,26 @@ def resolve_dataset(source: Path) -> Path:
 def default_tune_dir(source: Path, dataset: Path) -> Path:
     """Where ``pipeline tune SOURCE`` writes without ``--out``: ``<run>/tune``, or ``tune/`` beside the file."""
     return source / TUNE_DIR if source.is_dir() else dataset.parent / TUNE_DIR
+
+
+def resolve_preferences(source: Path) -> Path:
+    """A run directory (its ``dataset/preferences.jsonl``) or a preferences JSONL file."""
+    source = Path(source)
+    if source.is_dir():
+        path = source / PREFERENCES_FILE
+        if not path.is_file():
+            raise InputError(str(path), "preferences file not found (run the preferences stage first, or give a "
+                             "preferences JSONL)")
+        return path
+    if not source.is_file():
+        raise InputError(str(source), "preferences file not found")
+    return source
+
+
+def default_dpo_dir(source: Path, pairs_path: Path) -> Path:
+    """Where ``pipeline tune SOURCE --method dpo`` writes without ``--out``: ``<run>/tune_dpo``, or ``tune_dpo/``
+    beside the file."""
+    return Path(source) / DPO_DIR if Path(source).is_dir() else Path(pairs_path).parent / DPO_DIR
 
 
 def resolve_tune_dir(source: Path) -> Path:

@@ -37,25 +37,31 @@ from ..filters.safety import ToxicityFilter
 from ..io.benchmarks import load_benchmarks
 from ..io.classifiers import load_toxicity_scorer
 from ..io.embeddings import load_embedder
+from ..io.labelled import load_rows, load_templates
 from ..io.files import iter_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..io.readers import load_seeds
 from ..progress import Progress, no_progress
 from ..records import BenchmarkItem, Record
-from ..stages import bootstrap, evolve, heldout, judge, select
-from ..stages.export import to_alpaca, to_messages
+from ..stages import bootstrap, conversation, evolve, heldout, judge, preferences, select, templatize
+from ..stages.export import to_alpaca, to_messages, to_preference
 from ..teachers import Teacher
 from ..teachers.engine import gather_or_cancel
 from ..train.evaluate import RESULTS, TABLE_JSON, TABLE_MD, EvalTask, evaluate, tasks_from_records
 from ..train.tune import has_checkpoint, train
 from .read import resolve_dataset, resolve_tune_dir
-from .store import DATASET_FILES, EVAL_DIR, HELDOUT_TASKS, SPLIT_FILE, TUNE_DIR, Run, is_done, run_session
+from .store import (DATASET_FILES, EVAL_DIR, HELDOUT_TASKS, PREFERENCES_FILE, SPLIT_FILE, TUNE_DIR, Run, is_done,
+                    run_session)
 
-STAGE_ORDER = ["bootstrap", "evolve", "filter", "judge", "select", "export", "tune", "eval"]
+STAGE_ORDER = ["templatize", "bootstrap", "evolve", "filter", "judge", "select", "conversation", "preferences",
+               "export", "tune", "eval"]
 
 
 def teacher_stages(cfg: RunConfig) -> set[str]:
-    """The stages that need the run's teacher: the generating ones, and the judge unless it has its own."""
-    return {"bootstrap", "evolve"} | ({"judge"} if cfg.judge.teacher is None else set())
+    """The stages that need the run's teacher: the generating ones, the conversation stage, and the judge and the
+    preferences stage unless they have teachers of their own."""
+    own = cfg.judge.teacher is not None
+    return ({"bootstrap", "evolve", "conversation"} | ({"judge"} if not own else set())
+            | ({"preferences"} if not (own and cfg.preferences.teacher is not None) else set()))
 
 
 def build_checks(cfg: RunConfig, heldout_tasks: list[Record] = ()) -> Checks:
@@ -296,11 +302,130 @@ def run_select(run: Run, progress: Progress = no_progress) -> None:
                      each_policy_alone=comparison)
 
 
+def load_labelled(cfg: RunConfig) -> list[tuple[str, str, list, list]]:
+    """Every labelled dataset of ``[templatize]`` with its templates: [(name, origin, rows, templates)], read and
+    checked before a run writes anything (InputError naming the file, line and field)."""
+    out = []
+    directory = cfg.resolve_path(cfg.templatize.templates_dir)
+    for k, src in enumerate(cfg.templatize.datasets):
+        where = f"templatize.datasets.{k}"
+        origin, rows = load_rows(src, cfg.resolve_path, where)
+        out.append((src.label, origin, rows, load_templates(directory, src.task, src.templates or None, where)))
+    if not out:
+        raise InputError("config", "the templatize stage needs at least one [[templatize.datasets]]",
+                         field="templatize.datasets")
+    return out
+
+
+def run_templatize(run: Run, labelled: list[tuple[str, str, list, list]], progress: Progress = no_progress) -> None:
+    """Every labelled dataset through its templates into ``<run>/templatize/{kept,rejected}.jsonl``."""
+    t0 = time.time()
+    cfg = run.cfg.templatize
+    files = run.stage_files(templatize.STAGE)
+    kept, rejected, per_dataset = 0, Counter(), {}
+    try:
+        for done, (name, origin, rows, templates) in enumerate(labelled, start=1):
+            res = templatize.templatize_dataset(rows, templates, name, list(cfg.shots), cfg.max_per_template,
+                                                cfg.seed)
+            files.write((r.to_dict() for r in res.kept), (r.to_dict() for r in res.rejected))
+            kept += len(res.kept)
+            rejected.update(r.reason for r in res.rejected)
+            per_dataset[name] = {**res.stats, "origin": origin, "task": templates[0].task}
+            progress(templatize.STAGE, done, len(labelled), {"records": kept})
+    finally:
+        files.close()
+    run.record_stage(templatize.STAGE, kept, rejected, time.time() - t0, datasets=per_dataset,
+                     shots=list(cfg.shots), max_per_template=cfg.max_per_template)
+
+
+def run_conversation(run: Run, teacher: Teacher, progress: Progress = no_progress) -> None:
+    teacher.run(conversation_stage(run, teacher, progress))
+
+
+async def conversation_stage(run: Run, teacher: Teacher, progress: Progress = no_progress) -> None:
+    """Grow the stage before's kept records into conversations: ``<run>/conversation/kept.jsonl`` holds every input
+    record (with its new turns), ``rejected.jsonl`` every failed turn."""
+    teacher.stage(conversation.STAGE)
+    cfg = run.cfg.conversation
+    t0 = time.time()
+    records = [Record.from_dict(row) for path in run.stage_input(conversation.STAGE) if path.exists()
+               for row in read_jsonl(path)]
+    files = run.stage_files(conversation.STAGE)
+    rejected: Counter = Counter()
+    turns: Counter = Counter()
+    done = 0
+
+    def emit(batch: list[conversation.Converted]) -> None:
+        nonlocal done
+        teacher.flush()  # the answers behind these turns are durable before the records are
+        files.write((c.record.to_dict() for c in batch), (r.to_dict() for c in batch for r in c.rejected))
+        done += len(batch)
+        rejected.update(r.reason for c in batch for r in c.rejected)
+        turns.update(1 + len(c.record.turns) // 2 for c in batch)
+        progress(conversation.STAGE, done, len(records),
+                 {"multi-turn": sum(n for t, n in turns.items() if t > 1), "failed turns": sum(rejected.values()),
+                  "requests": teacher.usage.requests, "in flight": teacher.limit.in_flight})
+
+    progress(conversation.STAGE, 0, len(records), {})
+    try:
+        await conversation.extend_records(records, teacher, cfg, run.cfg.filter, emit)
+    finally:
+        files.close()
+        run.record_stage(conversation.STAGE, done, rejected, time.time() - t0, input=len(records),
+                         extended=len(conversation.sample(records, cfg)), target_turns=cfg.turns,
+                         turns_per_conversation={str(k): v for k, v in sorted(turns.items())},
+                         usage=teacher.stage_usage(conversation.STAGE).as_dict(), teacher_model=teacher.model_name)
+
+
+def run_preferences(run: Run, generator: Teacher, judge_engine: Teacher, progress: Progress = no_progress) -> None:
+    generator.run(preferences_stage(run, generator, judge_engine, progress))
+
+
+async def preferences_stage(run: Run, generator: Teacher, judge_engine: Teacher,
+                            progress: Progress = no_progress) -> None:
+    """Preference pairs for the stage before's kept records (single-turn): ``<run>/preferences/kept.jsonl`` (one
+    pair per row) and ``rejected.jsonl`` (the records that gave none, with the reason)."""
+    for engine in {id(generator): generator, id(judge_engine): judge_engine}.values():
+        engine.stage(preferences.STAGE)
+    cfg = run.cfg.preferences
+    t0 = time.time()
+    records = [Record.from_dict(row) for path in run.stage_input(preferences.STAGE) if path.exists()
+               for row in read_jsonl(path)]
+    files = run.stage_files(preferences.STAGE)
+    rejected: Counter = Counter()
+    pairs: list[dict] = []
+    total = len(preferences.sample(records, cfg))
+
+    def emit(batch: list[preferences.Ranked]) -> None:
+        generator.flush()
+        judge_engine.flush()
+        files.write((r.pair for r in batch if r.pair), (r.rejection.to_dict() for r in batch if r.rejection))
+        pairs.extend(r.pair for r in batch if r.pair)
+        rejected.update(r.rejection.reason for r in batch if r.rejection)
+        progress(preferences.STAGE, len(pairs) + sum(rejected.values()), total,
+                 {"pairs": len(pairs), "dropped": sum(rejected.values())})
+
+    progress(preferences.STAGE, 0, total, {})
+    try:
+        await preferences.rank_records(records, generator, judge_engine, cfg, emit)
+    finally:
+        files.close()
+        margins = [p["margin"] for p in pairs]
+        run.record_stage(preferences.STAGE, len(pairs), rejected, time.time() - t0, input=total,
+                         margins=preferences.margin_histogram(pairs),
+                         mean_margin=round(sum(margins) / len(margins), 4) if margins else None,
+                         chosen_is_original=sum(p["chosen_is_original"] for p in pairs),
+                         usage=generator.stage_usage(preferences.STAGE).as_dict(),
+                         teacher_model=generator.model_name, judge_model=judge_engine.model_name)
+
+
 def run_export(run: Run, progress: Progress = no_progress) -> None:
     t0 = time.time()
     alpaca, chat, lineages = run.dataset_writers()
+    turns: Counter = Counter()
 
     def write(batch: list[Record]) -> None:
+        turns.update(1 + len(r.turns) // 2 for r in batch)
         start = lineages.count
         lineages.write_many([{"row": start + i + 1, "id": r.id, "lineage": heldout.lineage(r)}
                              for i, r in enumerate(batch)])
@@ -317,21 +442,35 @@ def run_export(run: Run, progress: Progress = no_progress) -> None:
                     batch = []
             write(batch)
         count = alpaca.count
+    files = dict(DATASET_FILES)
+    extra = {}
+    pref_source = run.kept_file(preferences.STAGE)
+    if run.is_done(preferences.STAGE) and pref_source.exists():
+        pairs = run.preference_writer()
+        with pairs:
+            pairs.write_many(map(to_preference, read_jsonl(pref_source)))
+        files["preferences"] = PREFERENCES_FILE
+        extra["preference_pairs"] = pairs.count
     progress("export", count, count, {})
-    run.record_stage("export", count, Counter(), time.time() - t0, files=dict(DATASET_FILES))
+    run.record_stage("export", count, Counter(), time.time() - t0, files=files,
+                     turns_per_row={str(k): v for k, v in sorted(turns.items())}, **extra)
 
 
 def run_tune_stage(run: Run, progress: Progress = no_progress) -> None:
     """The "tune" stage of ``pipeline run``: tune on ``<run>/dataset`` into ``<run>/tune``. A run resumed after an
     interruption continues from the newest checkpoint of ``<run>/tune/checkpoints``."""
     t0 = time.time()
-    dataset = resolve_dataset(run.dir)
     out_dir = run.dir / TUNE_DIR
     resume = "last" if has_checkpoint(out_dir) else None
-    meta = train(dataset, out_dir, run.cfg.tune, resume=resume, progress=progress)
+    if run.cfg.tune.method == "dpo":  # on the preference pairs, from the base or [tune.dpo] sft_adapter
+        from ..train.dpo import train_dpo
+
+        meta = train_dpo(run.dir / PREFERENCES_FILE, out_dir, run.cfg.tune, resume=resume, progress=progress)
+    else:
+        meta = train(resolve_dataset(run.dir), out_dir, run.cfg.tune, resume=resume, progress=progress)
     dropped = Counter(meta.get("dropped", {}))
     tr = meta.get("trainer", {})
-    run.record_stage("tune", meta.get("train_rows", 0), dropped, time.time() - t0,
+    run.record_stage("tune", meta.get("train_rows", 0), dropped, time.time() - t0, method=run.cfg.tune.method,
                      heldout_rows=meta.get("heldout_rows", 0), base_model=meta.get("base_model_spec"),
                      global_step=tr.get("global_step"), train_loss=tr.get("train_loss"),
                      eval_loss=tr.get("eval_loss"), tokens_per_s=tr.get("tokens_per_s"),
@@ -416,6 +555,7 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
     all_seeds = load_seeds([cfg.resolve_path(p) for p in cfg.seed_files])
     seeds, heldout_tasks, split = heldout_split(cfg, run_dir, all_seeds)
     pending = [s for s in stages if not is_done(run_dir, s)]
+    labelled = load_labelled(cfg) if "templatize" in pending else []
     checks = build_checks(cfg, heldout_tasks) if {"evolve", "filter"} & set(pending) else Checks()
     # The teacher (a model in memory, a GPU engine) is built only when a stage that still has to run needs it.
     need_teacher = bool(teacher_stages(cfg) & set(pending))
@@ -446,7 +586,9 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
         for stage in stages:
             if run.is_done(stage):
                 continue
-            if stage == "bootstrap":
+            if stage == "templatize":
+                run_templatize(run, labelled, progress)
+            elif stage == "bootstrap":
                 run_bootstrap(run, teacher, seeds, progress)
             elif stage == "evolve":
                 run_evolve(run, teacher, evolve_inputs(run, seeds), progress, checks=checks)
@@ -457,6 +599,12 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
                           progress)
             elif stage == "select":
                 run_select(run, progress)
+            elif stage == "conversation":
+                run_conversation(run, teacher, progress)
+            elif stage == "preferences":
+                own = cfg.preferences.teacher
+                run_preferences(run, teacher if own is None else run.open_teacher(own),
+                                teacher if cfg.judge.teacher is None else run.open_teacher(cfg.judge.teacher), progress)
             elif stage == "export":
                 run_export(run, progress)
             elif stage == "tune":

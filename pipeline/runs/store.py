@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import PROJECT_ROOT, RunConfig, TeacherConfig, package_versions
 from ..errors import InputError, RunLocked
 from .. import __version__
+from ..io.labelled import templates_digest
 from ..io.files import JsonlWriter, fsync_dir, replacing_dir, write_json_atomic, write_jsonl_atomic
 from ..prompts import template_hashes
 from ..progress import Progress, no_progress
@@ -38,16 +39,18 @@ from ..teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spe
 
 MANIFEST, DONE, LOCK, CACHE, BATCHES = "manifest.json", ".done", ".lock", "cache.sqlite", "batches"
 # The stages that write kept.jsonl / rejected.jsonl (judge rejects nothing: it scores every record it keeps).
-RECORD_STAGES = ("bootstrap", "evolve", "filter", "judge", "select")
-GENERATING_STAGES = ("bootstrap", "evolve")
-_ORDER = ("bootstrap", "evolve", "filter", "judge", "select", "export")
+RECORD_STAGES = ("templatize", "bootstrap", "evolve", "filter", "judge", "select", "conversation", "preferences")
+GENERATING_STAGES = ("templatize", "bootstrap", "evolve")
+_ORDER = ("templatize", "bootstrap", "evolve", "filter", "judge", "select", "conversation", "preferences", "export")
 DATASET_DIR = "dataset"
 DATASET_FILES = {"alpaca": f"{DATASET_DIR}/train.jsonl", "messages": f"{DATASET_DIR}/messages.jsonl"}
+PREFERENCES_FILE = f"{DATASET_DIR}/preferences.jsonl"  # prompt / chosen / rejected rows, for DPO
 CARD = f"{DATASET_DIR}/README.md"
 LINEAGE_FILE = f"{DATASET_DIR}/lineage.jsonl"
 SPLIT_FILE, HELDOUT_TASKS = "split.json", "heldout/tasks.jsonl"  # the run's held-out human tasks
 REPORT = "report.html"
 TUNE_DIR, EVAL_DIR = "tune", "eval"
+DPO_DIR = "tune_dpo"  # pipeline tune --method dpo: <run>/tune_dpo, or tune_dpo/ beside a preferences file
 ATTEMPTS = "attempts"  # what unfinished stages had written before a forced resume restarted them
 STAGE_DIRS = {"export": DATASET_DIR}  # the folder each stage writes, where it is not named after the stage
 FILTER_FILES = {"kept": "kept.jsonl", "rejected": "rejected.jsonl"}  # also the flat ``pipeline filter --out DIR``
@@ -103,6 +106,9 @@ def run_inputs(cfg: RunConfig) -> dict[str, Any]:
         inputs["benchmarks"] = {p: _digest(cfg.resolve_path(p)) for p in files}
     if cfg.eval.heldout_files:
         inputs["heldout"] = {p: _digest(cfg.resolve_path(p)) for p in cfg.eval.heldout_files}
+    if "templatize" in cfg.stages:  # the labelled datasets and their templates
+        inputs["labelled"] = {d.path: _digest(cfg.resolve_path(d.path)) for d in cfg.templatize.datasets if d.path}
+        inputs["label_templates"] = templates_digest(cfg.resolve_path(cfg.templatize.templates_dir))
     return inputs
 
 
@@ -145,6 +151,10 @@ def what_changed(manifest: dict, cfg: RunConfig, inputs: dict[str, Any]) -> list
     b_old, b_new = old.get("benchmarks") or {}, inputs.get("benchmarks") or {}
     for name in sorted(k for k in b_old.keys() | b_new.keys() if b_old.get(k) != b_new.get(k)):
         changed.append(f"benchmark file {name}")
+    for key, what in (("labelled", "labelled dataset"), ("label_templates", "dataset template")):
+        l_old, l_new = old.get(key) or {}, inputs.get(key) or {}
+        for name in sorted(k for k in l_old.keys() | l_new.keys() if l_old.get(k) != l_new.get(k)):
+            changed.append(f"{what} {name}")
     t_old, t_new = old.get("templates") or {}, inputs["templates"]
     templates = sorted(k for k in t_old.keys() | t_new.keys() if t_old.get(k) != t_new.get(k))
     if templates:
@@ -326,8 +336,10 @@ class Run:
 
     def stage_input(self, stage: str) -> list[Path]:
         """The kept files a record stage reads: those of the last record stage before it that is in the run
-        (select reads judge's, judge reads filter's, ...), else the generated records."""
-        before = [s for s in ("filter", "judge", "select") if _ORDER.index(s) < _ORDER.index(stage)]
+        (select reads judge's, judge reads filter's, export reads conversation's, ...), else the generated
+        records. Preferences is a side branch: its pairs go to their own file, never into the SFT dataset."""
+        chain = ("filter", "judge", "select") + (("conversation",) if stage != "preferences" else ())
+        before = [s for s in chain if _ORDER.index(s) < _ORDER.index(stage)]
         for s in reversed(before):
             if s in self.cfg.stages or self.is_done(s):
                 return [self.kept_file(s)]
@@ -338,6 +350,10 @@ class Run:
         ``lineage.jsonl`` (each row's record id and lineage, read by ``pipeline tune`` to split by lineage)."""
         return (JsonlWriter(self.dir / DATASET_FILES["alpaca"]), JsonlWriter(self.dir / DATASET_FILES["messages"]),
                 JsonlWriter(self.dir / LINEAGE_FILE))
+
+    def preference_writer(self) -> JsonlWriter:
+        """The appending writer of ``dataset/preferences.jsonl`` (prompt / chosen / rejected rows, for DPO)."""
+        return JsonlWriter(self.dir / PREFERENCES_FILE)
 
     def record_stage(self, name: str, kept: int, rejected: Counter, wall_s: float, **extra) -> None:
         self.manifest["stages"][name] = {

@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import re
+import statistics
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..config import JudgeConfig
+from ..config import Decoding, JudgeConfig
 from ..prompts import render_messages
 from ..records import Record
 from ..teachers import Teacher
 from ..teachers.base import ChatRequest
-from ..teachers.formats import judge_score, max_tokens_for
-from .parsing import json_object
+from ..teachers.formats import PAIRWISE, judge_score, max_tokens_for
+from .parsing import json_choice, json_object
 
 STAGE = "judge"
 SCALES: dict[str, tuple[int, int]] = {"quality": (0, 5), "complexity": (1, 5)}
@@ -143,3 +144,73 @@ def histogram(records: list[Record], name: str) -> dict[str, int]:
         counts["missing" if v is None else (str(int(v)) if float(v).is_integer() else str(v))] += 1
     keys = [str(k) for k in range(low, high + 1)]
     return {**{k: counts.pop(k, 0) for k in keys}, **dict(sorted(counts.items()))}
+
+
+# ---------------------------------------------------------------------------------------------- pairwise
+# One instruction, two answers, the judge asked twice with the answers in both orders (``prompts/
+# judge_pairwise.j2``): used by the preferences stage and by ``pipeline eval``.
+
+PAIRWISE_TEMPLATE = "judge_pairwise"
+
+# A verdict is A, B or tie said as a verdict: alone or first ("B.", "**A**", "A is better"), or after a naming word
+# ("Answer B", "the better response is A", "I choose B"). A reply that merely starts with the article "A"
+# ("A colour wheel has ...") is not a verdict.
+_VERDICT_PATTERNS = [
+    re.compile(r"^[\W_]*(A|B|(?i:tie))(?=[\W_]*$|[^\S\n]*\n|\s*[.,:;!)\]*]|\s+(?i:is|wins)\b)"),
+    re.compile(r"\b(?i:answer|option|response|candidate|choice|choose|pick|prefer)(?:\s+(?i:is))?\s*:?\s*[(*]*(A|B)\b"),
+    re.compile(r"\b(?i:it'?s a )?((?i:tie))\b"),
+]
+
+
+def parse_verdict(text: str) -> str:
+    """'A', 'B', 'tie' or 'invalid' (nothing that reads as a verdict). ``{"verdict": "A"}`` (structured outputs)
+    first, then the words."""
+    choice = json_choice(text, "verdict", ["A", "B", "tie"])
+    if choice is not None:
+        return choice
+    text = text.strip()
+    for pattern in _VERDICT_PATTERNS:
+        m = pattern.search(text)
+        if m:
+            v = m.group(1)
+            return "tie" if v.lower() == "tie" else v
+    return "invalid"
+
+
+def verdict_reason(text: str) -> str:
+    """What the judge said after its verdict: its reason (the prompt asks for one line)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[1:])[:300] if len(lines) > 1 else ""
+
+
+def pairwise_requests(instruction: str, first: str, second: str, decoding: Decoding, structured: str = "off",
+                      reference: str = "") -> list[ChatRequest]:
+    """The two requests that compare ``first`` with ``second``: ``first`` at A, then at B."""
+    fmt = PAIRWISE if structured != "off" else None
+    return [ChatRequest(render_messages(PAIRWISE_TEMPLATE, instruction=instruction, reference=reference,
+                                        answer_a=a or "(empty)", answer_b=b or "(empty)"), decoding, format=fmt)
+            for a, b in ((first, second), (second, first))]
+
+
+def pair_score(verdict_first_at_a: str, verdict_first_at_b: str) -> float | None:
+    """The score of the answer shown first at A and then at B, from the two orders' verdicts ('A', 'B', 'tie' or
+    'invalid'): win 1, tie 0.5, loss 0 per order, averaged over the orders that gave a verdict; None when neither
+    did (a judge that always says "A" scores 0.5: position bias cancels)."""
+    scores = []
+    for verdict, own in ((verdict_first_at_a, "A"), (verdict_first_at_b, "B")):
+        if verdict == "tie":
+            scores.append(0.5)
+        elif verdict in ("A", "B"):
+            scores.append(1.0 if verdict == own else 0.0)
+    return statistics.fmean(scores) if scores else None
+
+
+async def compare(engine: Teacher, instruction: str, first: str, second: str, decoding: Decoding,
+                  reference: str = "", kind: str = "judge_pairwise") -> dict:
+    """``first`` against ``second`` in both orders: {"verdicts", "score" (first's, or None), "reasons"}."""
+    if first.strip() == second.strip():
+        return {"verdicts": ["tie", "tie"], "score": 0.5, "reasons": ["identical answers"] * 2}
+    replies = await asyncio.gather(*(engine.complete(r, kind) for r in pairwise_requests(
+        instruction, first, second, decoding, engine.structured, reference)))
+    verdicts = [parse_verdict(r.text) for r in replies]
+    return {"verdicts": verdicts, "score": pair_score(*verdicts), "reasons": [verdict_reason(r.text) for r in replies]}

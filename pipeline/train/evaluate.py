@@ -23,7 +23,6 @@ atomically.
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import time
 from collections import Counter
@@ -38,16 +37,13 @@ from ..io.files import read_jsonl, write_json_atomic, write_jsonl_atomic, write_
 from ..records import Record
 from ..stages.export import user_prompt
 from ..progress import Progress, no_progress
-from ..prompts import render_messages
-from ..stages.parsing import json_choice
-from ..teachers import ChatRequest, make_teacher
-from ..teachers.formats import PAIRWISE
-from .metrics import (bleu_ci, bootstrap, corpus_bleu, exact_match, mean_ci, pair_score, paired_diff_ci,
+from ..stages.judge import pair_score, pairwise_requests, parse_verdict, verdict_reason
+from ..teachers import make_teacher
+from .metrics import (bleu_ci, bootstrap, corpus_bleu, exact_match, mean_ci, paired_diff_ci,
                       rouge_l_scores)
 from .model import end_of_turn_token, load_model, load_tokenizer, need_tune_extra, pick_precision
 
 STAGE = "eval"
-JUDGE_TEMPLATE = "judge_pairwise"
 TABLE_JSON, TABLE_MD, RESULTS = "table.json", "table.md", "results.jsonl"
 
 
@@ -110,53 +106,19 @@ def completion_nll(model, tokenizer, prompt: list[dict], completion: list[dict],
 
 # -------------------------------------------------------------------------------------------------- judge
 
-# A verdict is A, B or tie said as a verdict: alone or first ("B.", "**A**", "A is better"), or after a naming word
-# ("Answer B", "the better response is A", "I choose B"). A reply that merely starts with the article "A"
-# ("A colour wheel has ...") is not a verdict.
-_VERDICT_PATTERNS = [
-    re.compile(r"^[\W_]*(A|B|(?i:tie))(?=[\W_]*$|[^\S\n]*\n|\s*[.,:;!)\]*]|\s+(?i:is|wins)\b)"),
-    re.compile(r"\b(?i:answer|option|response|candidate|choice|choose|pick|prefer)(?:\s+(?i:is))?\s*:?\s*[(*]*(A|B)\b"),
-    re.compile(r"\b(?i:it'?s a )?((?i:tie))\b"),
-]
-
-
-def parse_verdict(text: str) -> str:
-    """'A', 'B', 'tie' or 'invalid' (nothing that reads as a verdict). ``{"verdict": "A"}`` (structured outputs)
-    first, then the words."""
-    choice = json_choice(text, "verdict", ["A", "B", "tie"])
-    if choice is not None:
-        return choice
-    text = text.strip()
-    for pattern in _VERDICT_PATTERNS:
-        m = pattern.search(text)
-        if m:
-            v = m.group(1)
-            return "tie" if v.lower() == "tie" else v
-    return "invalid"
-
-
-def _reason(text: str) -> str:
-    """What the judge said after its verdict: its reason (the prompt asks for one line)."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " ".join(lines[1:])[:300] if len(lines) > 1 else ""
-
-
 def judge_both_orders(teacher, tasks: list["EvalTask"], base: list[str], other: list[str],
                       decoding: Decoding) -> list[dict[str, Any]]:
     """Two judge requests per task: the other model's answer at A (base at B), then at B (base at A). Returns, per
     task, both verdicts ('A', 'B', 'tie' or 'invalid'), the other model's score (win 1, tie 0.5, loss 0, mean of
     the orders that gave a verdict; None when neither did) and the judge's reasons. Identical answers are a tie
     without a request."""
-    fmt = PAIRWISE if getattr(teacher, "structured", "off") != "off" else None
+    structured = getattr(teacher, "structured", "off")
     requests, asked = [], []
     for i, (task, b, o) in enumerate(zip(tasks, base, other)):
         if o.strip() == b.strip():  # the same answer twice: a tie, nothing to ask
             continue
         asked.append(i)
-        for a_text, b_text in ((o, b), (b, o)):
-            requests.append(ChatRequest(render_messages(JUDGE_TEMPLATE, instruction=task.prompt_text,
-                                                        reference=task.reference, answer_a=a_text or "(empty)",
-                                                        answer_b=b_text or "(empty)"), decoding, format=fmt))
+        requests.extend(pairwise_requests(task.prompt_text, o, b, decoding, structured, reference=task.reference))
     done = teacher.generate(requests) if requests else []
     replies = {i: (done[2 * k], done[2 * k + 1]) for k, i in enumerate(asked)}
     out = []
@@ -168,7 +130,7 @@ def judge_both_orders(teacher, tasks: list["EvalTask"], base: list[str], other: 
         first, second = replies[i]
         v1, v2 = parse_verdict(first.text), parse_verdict(second.text)
         out.append({"verdicts": [v1, v2], "score": pair_score(v1, v2),
-                    "reasons": [_reason(first.text), _reason(second.text)],
+                    "reasons": [verdict_reason(first.text), verdict_reason(second.text)],
                     "raw": [first.text.strip()[:200], second.text.strip()[:200]], "asked": True})
     return out
 
@@ -251,16 +213,23 @@ class Students:
         self.base = model
 
     def answer(self, tasks: list[EvalTask], adapter_dir: Path | None,
-               on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+               on_batch: Callable[[int], None] | None = None, under: Path | None = None) -> list[dict[str, Any]]:
         """Each task's answer (text, new_tokens, finished) and the reference's loss (nll, tokens) under the base
-        model (``adapter_dir`` None) or the base model with that adapter."""
+        model (``adapter_dir`` None) or the base model with that adapter. ``under``: the SFT adapter a DPO adapter
+        was trained on top of; both LoRA adapters are active at once, which is the SFT model merged plus the DPO
+        adapter (LoRA deltas add), with the base weights left untouched."""
         model = self.base
         if adapter_dir is not None:
             try:
                 from peft import PeftModel
             except ImportError as e:
                 raise need_tune_extra(e, "pipeline eval") from None
-            model = PeftModel.from_pretrained(self.base, str(adapter_dir))
+            if under is not None:
+                model = PeftModel.from_pretrained(self.base, str(under), adapter_name="sft")
+                model.load_adapter(str(adapter_dir), adapter_name="tuned")
+                model.base_model.set_adapter(["sft", "tuned"])
+            else:
+                model = PeftModel.from_pretrained(self.base, str(adapter_dir))
             model.eval()
         try:
             outs = generate(model, self.tokenizer, [t.prompt for t in tasks], self.ecfg.max_new_tokens,
@@ -443,9 +412,10 @@ def evaluate_models(adapters: dict[str, Path], out_dir: Path, ecfg: EvalConfig, 
         answers: dict[str, list[dict]] = {}
         for k, name in enumerate(names):
             adapter = None if name == "base" else Path(metas[name]["adapter_dir"])
-            answers[name] = students.answer(tasks, adapter,
-                                            lambda done, k=k, name=name: progress(STAGE, k * n + done, total,
-                                                                                  {"model": name}))
+            under = metas[name].get("sft_adapter") if name != "base" else None
+            answers[name] = students.answer(tasks, adapter, under=Path(under) if under else None,
+                                            on_batch=lambda done, k=k, name=name: progress(STAGE, k * n + done, total,
+                                                                                           {"model": name}))
         del students
         scores = {name: per_task_scores(tasks, answers[name],
                                         toxicity_score([o["text"] for o in answers[name]]) if toxicity_score else None,

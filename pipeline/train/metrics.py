@@ -22,6 +22,7 @@ import statistics
 from typing import Callable, Sequence
 
 from ..filters.rouge import rouge_l
+from ..stages.judge import pair_score  # noqa: F401 (scores of the pairwise judge: one copy, in stages.judge)
 
 CI_LEVEL = 0.95
 
@@ -55,18 +56,6 @@ def exact_match(answer: str, reference: str) -> bool:
         return False
     first = answer.strip().split("\n", 1)[0]
     return _norm(answer) == ref or _norm(first) == ref
-
-
-def pair_score(verdict_tuned_first: str, verdict_tuned_second: str) -> float | None:
-    """The judged model's score on one task from the two orders' verdicts ('A', 'B', 'tie' or 'invalid'): win 1,
-    tie 0.5, loss 0 per order, averaged over the orders that gave a verdict; None when neither did."""
-    scores = []
-    for verdict, own in ((verdict_tuned_first, "A"), (verdict_tuned_second, "B")):
-        if verdict == "tie":
-            scores.append(0.5)
-        elif verdict in ("A", "B"):
-            scores.append(1.0 if verdict == own else 0.0)
-    return statistics.fmean(scores) if scores else None
 
 
 # ------------------------------------------------------------------------------------------------ bootstrap

@@ -479,3 +479,79 @@ def test_the_eval_judge_of_a_run_goes_through_its_cache_and_budget(tiny_model, r
     (run / "eval" / ".done").unlink()
     m = run_stages(cfg, run, stages=["tune", "eval"])
     assert m["stages"]["eval"]["usage"]["cache_hits"] == n and sim.stats()["requests"] == n
+
+
+def _conversations(n: int = 12) -> list[dict]:
+    rows = []
+    for k in range(n):
+        a, b = WORDS[k % len(WORDS)], WORDS[(k + 5) % len(WORDS)]
+        rows.append({"messages": [
+            {"role": "user", "content": f"Spell the word {a} backwards."},
+            {"role": "assistant", "content": a[::-1]},
+            {"role": "user", "content": f"And the word {b}?"},
+            {"role": "assistant", "content": b[::-1]},
+        ] + ([{"role": "user", "content": f"Now {a} in capitals."}, {"role": "assistant", "content": a.upper()}]
+             if k % 2 else [])})
+    return rows
+
+
+def test_multi_turn_rows_train_on_every_assistant_turn_token_by_token(tiny_model, tmp_path):
+    from pipeline.errors import InputError
+    from pipeline.train.tune import build_trainer, check_turn_labels, load_examples, split_examples
+
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _conversations()))
+    examples, _ = load_examples(path)
+    assert all(e.is_multi_turn for e in examples)
+    train, held = split_examples(examples, 0.2, 7)
+    trainer, tok, info = build_trainer(train, held, tmp_path / "out", _cfg(tiny_model), tiny_model)
+    report = info["labels"]
+    assert report["multi_turn"] and report["assistant_turns_trained"] == sum(
+        sum(m["role"] == "assistant" for m in e.messages) for e in train)
+    for ex, row in zip(train, trainer.train_dataset):
+        ids, labels = row["input_ids"], row["labels"]
+        # the expected labels, built independently: render every message and label the assistant ones
+        expected: list[int] = []
+        text = tok.apply_chat_template(ex.messages, tokenize=False)
+        for chunk in text.split("<|im_start|>")[1:]:
+            chunk_ids = tok("<|im_start|>" + chunk, add_special_tokens=False)["input_ids"]
+            head = len(tok("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"])
+            if chunk.startswith("assistant\n"):
+                expected += [-100] * head + chunk_ids[head:]
+            else:
+                expected += [-100] * len(chunk_ids)
+        assert labels == expected
+        runs = [tok.decode([t for t in labels[s:e]]) for s, e in _runs(labels)]
+        assert runs == [m["content"] + "<|im_end|>\n" for m in ex.messages if m["role"] == "assistant"]
+    # a label on a user turn is caught
+    rows = [dict(r) for r in trainer.train_dataset]
+    rows[0]["labels"] = list(rows[0]["input_ids"])
+    with pytest.raises(InputError, match="multi-turn label check"):
+        check_turn_labels(rows, tok, tok.convert_tokens_to_ids("<|im_end|>"), train, 128)
+
+
+def _runs(labels: list[int]) -> list[tuple[int, int]]:
+    out, start = [], None
+    for k, lab in enumerate(labels + [-100]):
+        if lab != -100 and start is None:
+            start = k
+        elif lab == -100 and start is not None:
+            out.append((start, k))
+            start = None
+    return out
+
+
+def test_alpaca_history_rows_are_conversations_and_train(tiny_model, tmp_path):
+    from pipeline.train.tune import load_examples, train
+
+    path = tmp_path / "train.jsonl"
+    rows = [{"instruction": f"And the word {WORDS[k + 1]}?", "input": "", "output": WORDS[k + 1][::-1],
+             "history": [[f"Spell the word {WORDS[k]} backwards.", WORDS[k][::-1]]]} for k in range(10)]
+    rows.append({"instruction": "Spell the word apple backwards.", "input": "", "output": "elppa"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples, _ = load_examples(path)
+    assert examples[0].messages[1] == {"role": "assistant", "content": WORDS[0][::-1]} and examples[0].is_multi_turn
+    assert not examples[-1].is_multi_turn
+    meta = train(path, tmp_path / "out", _cfg(tiny_model, max_steps=2, save_steps=100))
+    assert meta["labels"]["multi_turn"] and meta["trainer"]["global_step"] == 2
+    assert meta["trainer"]["first_loss"] > 0
