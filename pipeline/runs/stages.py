@@ -225,7 +225,7 @@ async def judge_stage(run: Run, engine: Teacher, progress: Progress = no_progres
     engine.stage(judge.STAGE)
     cfg = run.cfg.judge
     t0 = time.time()
-    records = [Record.from_dict(row) for path in run.stage_input(judge.STAGE) for row in read_jsonl(path)]
+    records = run.input_records(judge.STAGE)
     files = run.stage_files(judge.STAGE)
     scored: list[Record] = []
     problems: Counter = Counter()
@@ -348,8 +348,7 @@ async def conversation_stage(run: Run, teacher: Teacher, progress: Progress = no
     teacher.stage(conversation.STAGE)
     cfg = run.cfg.conversation
     t0 = time.time()
-    records = [Record.from_dict(row) for path in run.stage_input(conversation.STAGE) if path.exists()
-               for row in read_jsonl(path)]
+    records = run.input_records(conversation.STAGE)
     files = run.stage_files(conversation.STAGE)
     rejected: Counter = Counter()
     turns: Counter = Counter()
@@ -389,8 +388,7 @@ async def preferences_stage(run: Run, generator: Teacher, judge_engine: Teacher,
         engine.stage(preferences.STAGE)
     cfg = run.cfg.preferences
     t0 = time.time()
-    records = [Record.from_dict(row) for path in run.stage_input(preferences.STAGE) if path.exists()
-               for row in read_jsonl(path)]
+    records = run.input_records(preferences.STAGE)
     files = run.stage_files(preferences.STAGE)
     rejected: Counter = Counter()
     pairs: list[dict] = []

@@ -31,8 +31,9 @@ from ..config import PROJECT_ROOT, RunConfig, TeacherConfig, package_versions
 from ..errors import InputError, RunLocked
 from .. import __version__
 from ..io.labelled import templates_digest
-from ..io.files import JsonlWriter, fsync_dir, replacing_dir, write_json_atomic, write_jsonl_atomic
+from ..io.files import JsonlWriter, fsync_dir, read_jsonl, replacing_dir, write_json_atomic, write_jsonl_atomic
 from ..prompts import template_hashes
+from ..records import Record
 from ..progress import Progress, no_progress
 from ..teachers import Engine, make_backend, make_engine
 from ..teachers.cache import Budget, BudgetExhausted, RequestCache, describe_spent
@@ -344,6 +345,10 @@ class Run:
             if s in self.cfg.stages or self.is_done(s):
                 return [self.kept_file(s)]
         return self.generated_files()
+
+    def input_records(self, stage: str) -> list[Record]:
+        """The records a record stage reads (``stage_input``), in file order."""
+        return [Record.from_dict(row) for path in self.stage_input(stage) if path.exists() for row in read_jsonl(path)]
 
     def dataset_writers(self) -> tuple[JsonlWriter, JsonlWriter, JsonlWriter]:
         """The appending writers of the exported dataset: Alpaca ``train.jsonl``, chat ``messages.jsonl`` and

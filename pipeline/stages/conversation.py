@@ -21,7 +21,6 @@ engine paces them) and hands back results in input order.
 """
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from ..prompts import render_messages
 from ..records import Record, Rejection
 from ..teachers import Teacher
 from ..teachers.base import REFUSED, ChatRequest
+from .streaming import emit_in_order
 
 STAGE = "conversation"
 REPEAT_ROUGE = 0.7  # a follow-up this close to an earlier user message is a repeat, not a new turn
@@ -152,11 +152,4 @@ async def extend_records(records: list[Record], engine: Teacher, cfg: Conversati
     async def one(i: int, rec: Record) -> Converted:
         return await converse(rec, engine, cfg, fcfg) if i in chosen else Converted(rec)
 
-    tasks = [asyncio.ensure_future(one(i, r)) for i, r in enumerate(records)]
-    try:
-        for start in range(0, len(tasks), batch):
-            emit(list(await asyncio.gather(*tasks[start:start + batch])))
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await emit_in_order([one(i, r) for i, r in enumerate(records)], emit, batch)

@@ -32,6 +32,7 @@ from ..teachers import Teacher
 from ..teachers.base import ChatRequest
 from ..teachers.formats import PAIRWISE, judge_score, max_tokens_for
 from .parsing import json_choice, json_object
+from .streaming import emit_in_order
 
 STAGE = "judge"
 SCALES: dict[str, tuple[int, int]] = {"quality": (0, 5), "complexity": (1, 5)}
@@ -125,14 +126,7 @@ async def score_records(records: list[Record], engine: Teacher, cfg: JudgeConfig
                         problems: Counter | None = None) -> None:
     """Score every record; ``emit`` gets the scored records in input order, ``batch`` at a time. All requests are
     issued at once (the engine paces them), so a slow answer holds back the writing, never the teacher."""
-    tasks = [asyncio.ensure_future(score_record(r, engine, cfg, problems)) for r in records]
-    try:
-        for start in range(0, len(tasks), batch):
-            emit(list(await asyncio.gather(*tasks[start:start + batch])))
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await emit_in_order([score_record(r, engine, cfg, problems) for r in records], emit, batch)
 
 
 def histogram(records: list[Record], name: str) -> dict[str, int]:

@@ -31,6 +31,7 @@ from ..teachers import Teacher
 from ..teachers.base import REFUSED, ChatRequest
 from .heldout import lineage
 from .judge import compare
+from .streaming import emit_in_order
 
 STAGE = "preferences"
 
@@ -115,14 +116,7 @@ async def rank(rec: Record, generator: Teacher, judge: Teacher, cfg: Preferences
 async def rank_records(records: list[Record], generator: Teacher, judge: Teacher, cfg: PreferencesConfig,
                        emit: Callable[[list[Ranked]], None], batch: int = 32) -> None:
     """Every sampled record through ``rank``; ``emit`` gets the results in input order, ``batch`` at a time."""
-    tasks = [asyncio.ensure_future(rank(records[i], generator, judge, cfg)) for i in sample(records, cfg)]
-    try:
-        for start in range(0, len(tasks), batch):
-            emit(list(await asyncio.gather(*tasks[start:start + batch])))
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    await emit_in_order([rank(records[i], generator, judge, cfg) for i in sample(records, cfg)], emit, batch)
 
 
 def margin_histogram(pairs: list[dict]) -> dict[str, int]:
