@@ -315,6 +315,8 @@ class TemplatizeConfig(_Section):
     shots: list[Annotated[int, Field(ge=0, le=8)]] = [0, 2]  # zero-shot and k-shot variants of every template
     max_per_template: int = Field(40, ge=1)  # rows per template and shot count (a seeded sample of the dataset)
     seed: int = 0
+    # Also use one task per template (its first zero-shot row) as a seed task of the bootstrap and evolve stages.
+    seed_bootstrap: bool = False
 
 
 class ConversationConfig(_Section):

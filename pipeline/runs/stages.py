@@ -569,6 +569,12 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
             for stage in stages:
                 if not run.is_done(stage):
                     run.set_aside(stage)
+        if "templatize" in stages and not run.is_done("templatize"):  # first: it needs no teacher, and its
+            run_templatize(run, labelled, progress)                    # tasks may seed the bootstrap
+            run.mark_done("templatize")
+        prompt_seeds = seeds  # what the bootstrap and evolve stages show the teacher; the filter's reference stays
+        if "templatize" in stages and cfg.templatize.seed_bootstrap:  # the seed files' tasks
+            prompt_seeds = seeds + templatize.seed_tasks(run.input_records("templatize"))
         together = [s for s in ("bootstrap", "evolve") if s in stages and not run.is_done(s)]
         if len(together) == 2 and cfg.evolve.source == "seeds":
             # Neither needs the other's output: run both at once on the one engine, so the teacher is kept busy
@@ -578,18 +584,16 @@ def run_stages(cfg: RunConfig, run_dir: Path, config_path: str | None = None, st
                 run.mark_done(stage)
 
             teacher.run(gather_or_cancel([
-                done_when("bootstrap", bootstrap_stage(run, teacher, seeds, progress)),
-                done_when("evolve", evolve_stage(run, teacher, evolve_inputs(run, seeds), progress,
+                done_when("bootstrap", bootstrap_stage(run, teacher, prompt_seeds, progress)),
+                done_when("evolve", evolve_stage(run, teacher, evolve_inputs(run, prompt_seeds), progress,
                                                  checks=checks))]))
         for stage in stages:
             if run.is_done(stage):
                 continue
-            if stage == "templatize":
-                run_templatize(run, labelled, progress)
-            elif stage == "bootstrap":
-                run_bootstrap(run, teacher, seeds, progress)
+            if stage == "bootstrap":
+                run_bootstrap(run, teacher, prompt_seeds, progress)
             elif stage == "evolve":
-                run_evolve(run, teacher, evolve_inputs(run, seeds), progress, checks=checks)
+                run_evolve(run, teacher, evolve_inputs(run, prompt_seeds), progress, checks=checks)
             elif stage == "filter":
                 run_filter(run, seeds, progress, checks)
             elif stage == "judge":

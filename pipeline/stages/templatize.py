@@ -147,3 +147,15 @@ def templatize_dataset(rows: list[tuple[str, dict[str, Any]]], templates: list[T
     return TemplatizeResult(kept, rejected, {"dataset": dataset, "templates": per_template,
                                              "rows_in": len(rows), "records": len(kept),
                                              "rejected": len(rejected)})
+
+
+def seed_tasks(records: list[Record]) -> list[Record]:
+    """One task per template (its first zero-shot row), for ``templatize.seed_bootstrap``: the templates' tasks join
+    the seed tasks that the bootstrap and evolve stages show the teacher."""
+    first: dict[str, Record] = {}
+    for r in records:
+        if r.source == "template" and not r.meta.get("shots") and r.task_id not in first:
+            first[r.task_id] = Record(id=r.task_id, instruction=r.instruction, input=r.input, output=r.output,
+                                      is_classification=r.is_classification, source="seed", task_id=r.task_id,
+                                      meta={"template": r.meta.get("template"), "dataset": r.meta.get("dataset")})
+    return list(first.values())

@@ -133,3 +133,13 @@ def test_pipeline_templatize_filters_and_exports(tmp_path):
                                    "--out", str(tmp_path / "r2"), "--no-report"])
     assert bad.exit_code == 2 and "no templates for task 'sentimental'" in bad.output
     assert not (tmp_path / "r2").exists()
+
+
+def test_one_seed_task_per_template_for_the_bootstrap():
+    from pipeline.stages.templatize import seed_tasks
+
+    templates = load_templates(TEMPLATES, "nli")
+    res = templatize_dataset(_rows("nli.jsonl"), templates, "nli", shots=[2, 0], max_per_template=3, seed=0)
+    seeds = seed_tasks(res.kept)
+    assert [s.task_id for s in seeds] == [t.task_id for t in templates]
+    assert all(s.source == "seed" and s.id == s.task_id and "Example 1" not in s.input for s in seeds)
