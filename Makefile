@@ -57,7 +57,7 @@ $(STAMP): pyproject.toml $(LLAMA_WHEEL_DIR)/CMAKE_ARGS | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps --force-reinstall $(LLAMA_WHEEL_DIR)/llama_cpp_python-*.whl
 	$(BIN)/pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	echo 'llama-cpp-python==$(LLAMA_CPP)' > $(VENV)/constraints.txt
-	$(BIN)/pip install --quiet --constraint $(VENV)/constraints.txt -e '.[dev,tune,report,safety]'
+	$(BIN)/pip install --quiet --constraint $(VENV)/constraints.txt -e '.[dev,tune,report,safety,ray]'
 	$(BIN)/python -m pipeline.teachers.embedded --rebuild-hint 'make rebuild-llama'
 	touch $(STAMP)
 
@@ -84,7 +84,7 @@ MIN_TESTS := tests/teachers tests/test_config.py tests/filters tests/cli/test_ba
 test-min-versions: $(STAMP)
 	rm -rf $(MIN_LIBS) && $(BIN)/pip install --quiet --no-deps --target $(MIN_LIBS) -r tests/min-versions.txt
 	MIN_VERSIONS_PATH=$(MIN_LIBS) PYTHONPATH=$(MIN_LIBS):$(CURDIR) $(BIN)/python -m pytest -m "not slow" -q \
-	  -k "not dataset_card and not parquet" $(MIN_TESTS) $(ARGS)
+	  -k "not dataset_card and not parquet and not ray_dedup and not hub_dataset and not conversation_and_preferences_on" $(MIN_TESTS) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/filter_bench.py

@@ -260,5 +260,5 @@ def test_sigterm_stops_cleanly(tmp_path):
     time.sleep(3)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "resume with --out" in err
+    assert proc.returncode == 130 and "resume with --out" in err, err[-2000:]
     assert _manifest(run)["status"] == "interrupted"
