@@ -51,7 +51,10 @@ def render_messages(name: str, directory: Path = PROMPTS_DIR, **variables) -> li
     return [{"role": role, "content": t.render(**variables).strip()} for role, t in turns]
 
 
-def template_hashes(directory: Path = PROMPTS_DIR) -> dict[str, str]:
-    """SHA-256 (first 16 hex digits) of every prompt template, by name: part of a run's fingerprint, so a
-    resume after a template changed is refused instead of splicing two trajectories."""
-    return {p.stem: hashlib.sha256(p.read_bytes()).hexdigest()[:16] for p in sorted(Path(directory).glob("*.j2"))}
+def template_hashes(directory: Path = PROMPTS_DIR, pattern: str = "*.j2") -> dict[str, str]:
+    """SHA-256 (first 16 hex digits) of every template ``pattern`` finds under ``directory``, by its path without
+    the suffix (a prompt's name; ``<task>/<id>`` for the dataset templates, ``pattern="*/*.j2"``): part of a run's
+    fingerprint, so a resume after a template changed is refused instead of splicing two trajectories."""
+    directory = Path(directory)
+    return {p.relative_to(directory).with_suffix("").as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in sorted(directory.glob(pattern))}

@@ -3,7 +3,6 @@ dataset where the hub is reachable: both end as the same ``(row id, row)`` list)
 ``prompts/templates/<task>/``. Every problem is an InputError naming the file, the line and the field."""
 from __future__ import annotations
 
-import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -150,9 +149,3 @@ def load_templates(directory: Path, task: str, ids: list[str] | None = None,
     if not templates:
         raise InputError(str(folder), "holds no templates (*.j2)", field=f"{where}.task")
     return templates
-
-
-def templates_digest(directory: Path) -> dict[str, str]:
-    """SHA-256 (16 hex digits) of every template under ``directory``, by ``<task>/<id>``: part of a run's inputs."""
-    return {f"{p.parent.name}/{p.stem}": hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-            for p in sorted(Path(directory).glob("*/*.j2"))}

@@ -29,7 +29,7 @@ from ..config import PROJECT_ROOT
 from ..errors import InputError
 from ..io.files import count_lines, read_jsonl
 from .store import (CARD, DATASET_DIR, DATASET_FILES, EVAL_DIR, FILTER_FILES, FILTER_STATS, GENERATING_STAGES,
-                    DPO_DIR, MANIFEST, PREFERENCES_FILE, RECORD_STAGES, REPORT, TUNE_DIR, is_done, stage_path)
+                    DPO_DIR, EXPORT_INPUT_STAGES, MANIFEST, PREFERENCES_FILE, RECORD_STAGES, REPORT, TUNE_DIR, is_done, stage_path)
 
 # The evaluations a run may hold, each a folder with the files ``pipeline.train.evaluate.evaluate_models`` writes
 # (named here so that reading a run loads neither train/ nor torch): ``pipeline eval``'s and ``pipeline
@@ -37,7 +37,6 @@ from .store import (CARD, DATASET_DIR, DATASET_FILES, EVAL_DIR, FILTER_FILES, FI
 EVALUATIONS = {"eval": EVAL_DIR, "compare": "compare"}
 EVAL_TABLE, EVAL_RESULTS = "table.json", "results.jsonl"
 # The record stages export may read, in run order (``Run.stage_input("export")``): the last of them in the run.
-EXPORT_CHAIN = ("filter", "judge", "select", "conversation")
 
 
 @dataclass
@@ -160,7 +159,7 @@ class RunData:
         if self.flat:
             return "filter"
         configured = set((self.manifest.get("config") or {}).get("stages") or [])
-        for stage in reversed(EXPORT_CHAIN):
+        for stage in reversed(EXPORT_INPUT_STAGES):
             if stage in configured or self.is_done(stage):
                 return stage
         return None
@@ -172,7 +171,7 @@ class RunData:
         stage = self.export_stage()
         if stage and self.path(stage, "kept").exists():
             return stage
-        for stage in reversed(EXPORT_CHAIN):
+        for stage in reversed(EXPORT_INPUT_STAGES):
             if self.path(stage, "kept").exists():
                 return stage
         return "+".join(s for s in GENERATING_STAGES if self.path(s, "kept").exists()) or None

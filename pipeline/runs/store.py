@@ -30,7 +30,6 @@ from typing import Any, Callable, Iterable, Iterator
 from ..config import PROJECT_ROOT, RunConfig, TeacherConfig, package_versions
 from ..errors import InputError, RunLocked
 from .. import __version__
-from ..io.labelled import templates_digest
 from ..io.files import JsonlWriter, fsync_dir, read_jsonl, replacing_dir, write_json_atomic, write_jsonl_atomic
 from ..prompts import template_hashes
 from ..records import Record
@@ -42,6 +41,8 @@ MANIFEST, DONE, LOCK, CACHE, BATCHES = "manifest.json", ".done", ".lock", "cache
 # The stages that write kept.jsonl / rejected.jsonl (judge rejects nothing: it scores every record it keeps).
 RECORD_STAGES = ("templatize", "bootstrap", "evolve", "filter", "judge", "select", "conversation", "preferences")
 GENERATING_STAGES = ("templatize", "bootstrap", "evolve")
+# The record stages whose kept records the next stage (and export) reads, the last of them in the run winning.
+EXPORT_INPUT_STAGES = ("filter", "judge", "select", "conversation")
 _ORDER = ("templatize", "bootstrap", "evolve", "filter", "judge", "select", "conversation", "preferences", "export")
 DATASET_DIR = "dataset"
 DATASET_FILES = {"alpaca": f"{DATASET_DIR}/train.jsonl", "messages": f"{DATASET_DIR}/messages.jsonl"}
@@ -109,7 +110,7 @@ def run_inputs(cfg: RunConfig) -> dict[str, Any]:
         inputs["heldout"] = {p: _digest(cfg.resolve_path(p)) for p in cfg.eval.heldout_files}
     if "templatize" in cfg.stages:  # the labelled datasets and their templates
         inputs["labelled"] = {d.path: _digest(cfg.resolve_path(d.path)) for d in cfg.templatize.datasets if d.path}
-        inputs["label_templates"] = templates_digest(cfg.resolve_path(cfg.templatize.templates_dir))
+        inputs["label_templates"] = template_hashes(cfg.resolve_path(cfg.templatize.templates_dir), "*/*.j2")
     return inputs
 
 
@@ -339,7 +340,7 @@ class Run:
         """The kept files a record stage reads: those of the last record stage before it that is in the run
         (select reads judge's, judge reads filter's, export reads conversation's, ...), else the generated
         records. Preferences is a side branch: its pairs go to their own file, never into the SFT dataset."""
-        chain = ("filter", "judge", "select") + (("conversation",) if stage != "preferences" else ())
+        chain = [s for s in EXPORT_INPUT_STAGES if stage != "preferences" or s != "conversation"]
         before = [s for s in chain if _ORDER.index(s) < _ORDER.index(stage)]
         for s in reversed(before):
             if s in self.cfg.stages or self.is_done(s):

@@ -48,8 +48,8 @@ from ..errors import InputError
 from ..io.files import iter_jsonl
 from ..progress import Progress, no_progress
 from .model import EMBEDDED_HF_NAME, need_tune_extra, resolve_base_model
-from .tune import (_callbacks, _message, _resume_checkpoint, fit, lora_base, split_examples, split_record,
-                   trainer_args)
+from .tune import (_message, _resume_checkpoint, fit, lora_base, split_examples, split_record,
+                   trainer_args, training_callbacks)
 
 # DPO's own columns of the train log (trl's names), beside SFT's.
 REWARD_KEYS = ("rewards/margins", "rewards/accuracies")
@@ -304,11 +304,8 @@ def train_dpo(pairs_path: Path, out_dir: Path, tcfg: TuneConfig, resume: str | N
             raise InputError(str(out_dir / "split.json"), "the checkpoints were trained from another SFT adapter "
                              f"({old.get('sft_adapter') or 'none'}); resume with the same tune.dpo.sft_adapter, or "
                              "start a fresh --out", field="sft_adapter")
-    stats: dict[str, Any] = {}
-    total_hint = tcfg.max_steps if tcfg.max_steps > 0 else 0
-    trainer, tokenizer, info = build_dpo_trainer(train_rows, heldout, out_dir, tcfg, base_dir,
-                                                 _callbacks(progress, total_hint, stats, out_dir / "train_log.jsonl")
-                                                 + list(callbacks or []))
+    stats, hooks = training_callbacks(progress, tcfg, out_dir, callbacks)
+    trainer, tokenizer, info = build_dpo_trainer(train_rows, heldout, out_dir, tcfg, base_dir, hooks)
     meta = {"method": "dpo", "base_model": str(base_dir),
             "base_model_spec": tcfg.base_model or f"embedded:{EMBEDDED_HF_NAME}",
             "sft_adapter": info.pop("sft_adapter_dir"),

@@ -318,6 +318,15 @@ def check_turn_labels(dataset, tokenizer, eot_id: int, examples: list[Example], 
     return report
 
 
+def training_callbacks(progress: Progress, tcfg: TuneConfig, out_dir: Path, extra: list | None = None
+                       ) -> tuple[dict[str, Any], list]:
+    """(the counters ``fit`` reads, the callbacks that fill them): progress reports, train time and tokens, and
+    ``<out>/train_log.jsonl`` (one JSON line per log, to tail), then ``extra``."""
+    stats: dict[str, Any] = {}
+    total_hint = tcfg.max_steps if tcfg.max_steps > 0 else 0
+    return stats, _callbacks(progress, total_hint, stats, out_dir / "train_log.jsonl") + list(extra or [])
+
+
 def _callbacks(progress: Progress, total_hint: int, stats: dict, live_log: Path | None = None):
     """Progress reports, the train-time/token counters, and ``live_log`` (one JSON line per log, to tail)."""
     from transformers import TrainerCallback
@@ -630,11 +639,8 @@ def train(dataset_path: Path, out_dir: Path, tcfg: TuneConfig, resume: str | Non
     checkpoint = _resume_checkpoint(out_dir, resume)
     train_rows, heldout = split_examples(examples, tcfg.eval_fraction, tcfg.seed)
     base_dir = resolve_base_model(tcfg.base_model, tcfg.cache_dir)
-    stats: dict[str, Any] = {}
-    total_hint = tcfg.max_steps if tcfg.max_steps > 0 else 0
-    trainer, tokenizer, info = build_trainer(train_rows, heldout, out_dir, tcfg, base_dir,
-                                             _callbacks(progress, total_hint, stats, out_dir / "train_log.jsonl")
-                                             + list(callbacks or []))
+    stats, hooks = training_callbacks(progress, tcfg, out_dir, callbacks)
+    trainer, tokenizer, info = build_trainer(train_rows, heldout, out_dir, tcfg, base_dir, hooks)
     meta = {"method": "sft", "base_model": str(base_dir),
             "base_model_spec": tcfg.base_model or f"embedded:{EMBEDDED_HF_NAME}", "dataset": str(dataset_path),
             "rows": len(examples), "dropped": dict(dropped), "train_rows": len(train_rows),
