@@ -84,7 +84,7 @@ MIN_TESTS := tests/teachers tests/test_config.py tests/filters tests/cli/test_ba
 test-min-versions: $(STAMP)
 	rm -rf $(MIN_LIBS) && $(BIN)/pip install --quiet --no-deps --target $(MIN_LIBS) -r tests/min-versions.txt
 	MIN_VERSIONS_PATH=$(MIN_LIBS) PYTHONPATH=$(MIN_LIBS):$(CURDIR) $(BIN)/python -m pytest -m "not slow" -q \
-	  -k "not dataset_card and not parquet and not ray_dedup and not hub_dataset and not conversation_and_preferences_on" $(MIN_TESTS) $(ARGS)
+	  -k "not dataset_card and not parquet and not ray_dedup and not ray_data and not hub_dataset and not conversation_and_preferences_on" $(MIN_TESTS) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/filter_bench.py

@@ -40,7 +40,8 @@ def main() -> None:
 
     from pipeline.filters import sharded
     from pipeline.filters.novelty import dedup
-    from pipeline.runs.ray_dedup import init_local_ray, ray_dedup
+    from pipeline.ray_cluster import init_local_ray
+    from pipeline.runs.ray_dedup import ray_dedup
     from tests.filters.test_sharded import variant_records
 
     t = args.threshold

@@ -128,6 +128,13 @@ class BootstrapConfig(_Section):
     request_batch_size: int = Field(4, ge=1)
     # Safety cap on instruction-generation requests: a weak teacher must not loop forever.
     max_generation_requests: int = Field(400, ge=1)
+    # Independent pool loops (pipeline/stages/bootstrap.py, "Shards"): each grows its own pool from the seeds with
+    # its own random seed (bootstrap.seed + shard) and a share of the target, all at once on the one engine; the
+    # union is then deduplicated in a fixed order. 1 = today's single loop. K changes the data (see the README).
+    shards: int = Field(1, ge=1)
+    # Each loop aims for ceil(target x (1 + shard_overshoot) / shards) tasks, so that the loops' duplicates of one
+    # another (removed by the merge) rarely leave the union short of the target.
+    shard_overshoot: float = Field(0.25, ge=0.0)
     max_instances_per_task: int = Field(5, ge=1)
     instances_per_task: int = Field(1, ge=1)  # for non-classification tasks; classification: one per label
     # "teacher": ask the teacher Yes/No (Self-Instruct). "rules": lexical cues and a label set in the instruction
@@ -488,6 +495,52 @@ class EvolveConfig(_Section):
         return ops
 
 
+class ScaleConfig(_Section):
+    """Where the teacher requests go (``pipeline/teachers/ray_data.py``): "local", the engine's own HTTP client in
+    this process, or "ray", Ray Data's batch-inference processors: the HTTP processor against one or more
+    OpenAI-compatible replicas (``teacher.backend = "openai"``), or the vLLM engine processor on the cluster's GPUs
+    (``teacher.backend = "vllm"``, ``processor = "vllm"``). Connection settings only: a run may change them
+    between sessions (the request cache key is the same either way)."""
+
+    engine: Literal["local", "ray"] = "local"
+    # "" = a new local cluster on 127.0.0.1 (this machine's CPUs), else a cluster to join ("auto", "ray://h:10001").
+    address: str = ""
+    num_cpus: int = Field(2, ge=1)  # the local cluster's CPUs
+    processor: Literal["http", "vllm"] = "http"
+    # Base URLs of OpenAI-compatible replicas serving teacher.model (http://host:8000/v1); [] = [teacher.base_url].
+    # Requests are dealt round-robin; a load-balanced URL is one replica.
+    replicas: list[str] = []
+    # Start this many llama.cpp servers (llama-cpp-python's) of launch_gguf ("" = the embedded model), named
+    # teacher.model, on 127.0.0.1, and use them as the replicas: Ray on one machine with nothing else to install
+    # (configs/ray_local.toml). They are stopped when the session ends.
+    launch_llamacpp: int = Field(0, ge=0)
+    launch_gguf: str = ""
+    launch_threads: int = Field(1, ge=1)  # generation threads of each launched server
+    # Requests in flight per replica. Ray's HTTP stage sends the rows of one batch one after another, so this is
+    # how many one-row batches run at once (the blocks of a wave hold this many rows each).
+    concurrency_per_replica: int = Field(64, ge=1)
+    actors_per_replica: int = Field(1, ge=1)  # HTTP stage actors per replica (each 0.25 CPU)
+    # A wave (one Ray Data execution) starts once no new request came for this long, or once it holds max_wave.
+    wave_idle_s: float = Field(0.05, gt=0)
+    max_wave: int = Field(4096, ge=1)
+    # The vLLM engine processor (GPU, untested here): vllm.LLM engine arguments, engine replicas, rows per batch.
+    vllm_engine_kwargs: dict[str, Any] = {}
+    vllm_replicas: int = Field(1, ge=1)
+    vllm_batch_size: int = Field(64, ge=1)
+
+    @model_validator(mode="after")
+    def _replicas_need_http(self) -> "ScaleConfig":
+        if self.engine == "local" and (self.replicas or self.launch_llamacpp):
+            raise ValueError('replicas and launch_llamacpp need engine = "ray"')
+        if self.replicas and self.launch_llamacpp:
+            raise ValueError("give replicas or launch_llamacpp, not both")
+        return self
+
+    @field_serializer("replicas")
+    def _without_credentials(self, urls: list[str]) -> list[str]:
+        return [redact(u) for u in urls]
+
+
 class RunConfig(_Section):
     run_id: str = ""  # "" = UTC timestamp
     output_dir: str = "outputs"
@@ -510,9 +563,24 @@ class RunConfig(_Section):
     preferences: PreferencesConfig = PreferencesConfig()
     tune: TuneConfig = TuneConfig()
     eval: EvalConfig = EvalConfig()
+    scale: ScaleConfig = ScaleConfig()
     budget: BudgetConfig = BudgetConfig()
     # Prices by teacher model name; a model not listed has an unknown cost (never reported as $0).
     prices: dict[str, Price] = {}
+
+    @model_validator(mode="after")
+    def _scale_fits_teacher(self) -> "RunConfig":
+        sc, t = self.scale, self.teacher
+        if sc.engine != "ray":
+            return self
+        if t.mode == "batch":
+            raise ValueError('scale.engine = "ray" sends requests online; teacher.mode = "batch" is the Batch API')
+        if sc.processor == "vllm" and t.backend != "vllm":
+            raise ValueError('scale.processor = "vllm" runs vLLM engines on the cluster: set teacher.backend = "vllm"')
+        if sc.processor == "http" and t.backend != "openai":
+            raise ValueError('scale.engine = "ray" sends requests to OpenAI-compatible replicas: set teacher.backend '
+                             '= "openai" (or scale.processor = "vllm")')
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the settings that decide what a run produces. Run ids, paths, budgets, prices and connection
@@ -523,12 +591,15 @@ class RunConfig(_Section):
     def fingerprint_data(self) -> dict:
         """The part of the config that ``fingerprint`` hashes."""
         data = self.model_dump(mode="json")
-        for key in ("run_id", "output_dir", "budget", "prices"):
+        for key in ("run_id", "output_dir", "budget", "prices", "scale"):
             data.pop(key, None)
         # The sources added later count only where a run uses them, so older runs keep their fingerprint.
         for section in ("templatize", "conversation", "preferences"):
             if section not in data["stages"]:
                 data.pop(section)
+        if data["bootstrap"]["shards"] == 1:
+            data["bootstrap"].pop("shards")
+            data["bootstrap"].pop("shard_overshoot")
         if data["tune"]["method"] == "sft":
             data["tune"].pop("method")
             data["tune"].pop("dpo")
@@ -543,6 +614,16 @@ class RunConfig(_Section):
             if teacher.get("mode") == "online":
                 teacher.pop("mode")
         return data
+
+    def scale_for(self, teacher: TeacherConfig) -> ScaleConfig | None:
+        """How ``teacher``'s requests go out under ``[scale]``: the run's teacher as ``[scale]`` says; another
+        OpenAI-compatible teacher (``[judge] teacher``) through the same Ray cluster at its own ``base_url``;
+        anything else locally (None)."""
+        if self.scale.engine == "local" or teacher == self.teacher:
+            return self.scale
+        if teacher.backend == "openai" and teacher.mode == "online":
+            return self.scale.model_copy(update={"replicas": [], "launch_llamacpp": 0, "processor": "http"})
+        return None
 
     def heldout_share(self) -> float:
         """The share of seed tasks held out for evaluation (``eval.heldout_share``; unset: 0.1 with an eval

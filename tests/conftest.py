@@ -126,7 +126,7 @@ def sims(tmp_path):
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray cluster for the session (2 CPUs, no dashboard), listening on 127.0.0.1 only
-    (``pipeline.runs.ray_dedup.init_local_ray``), in a short temporary folder under /tmp; shut down and removed at
+    (``pipeline.ray_cluster.init_local_ray``), in a short temporary folder under /tmp; shut down and removed at
     the end. Yields ``{"temp_dir": ..., **ray.init's address info}``. Skipped when the ``ray`` extra is missing."""
     import importlib.util
     import shutil
@@ -134,7 +134,7 @@ def ray_cluster():
 
     if importlib.util.find_spec("ray") is None:  # find_spec: ray must not be imported before init_local_ray
         pytest.skip("ray is not installed (pip install -e '.[ray]')")
-    from pipeline.runs.ray_dedup import init_local_ray
+    from pipeline.ray_cluster import init_local_ray
 
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")
     info = init_local_ray(num_cpus=2, temp_dir=temp_dir)

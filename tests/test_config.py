@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from pipeline.config import RunConfig, load_config
@@ -84,3 +86,26 @@ def test_bad_quality_sections_name_file_line_and_key(tmp_path, text, expected):
     with pytest.raises(InputError) as e:
         load_config(tmp_path / "cfg.toml")
     assert expected in str(e.value)
+
+
+@pytest.mark.parametrize("text,expected", [
+    ('[scale]\nengine = "ray"\n', 'scale.engine = "ray" sends requests to OpenAI-compatible replicas'),
+    ('[scale]\nreplicas = ["http://127.0.0.1:8000/v1"]\n', 'replicas and launch_llamacpp need engine = "ray"'),
+    ('[teacher]\nbackend = "openai"\nmodel = "m"\nmode = "batch"\n[scale]\nengine = "ray"\n',
+     'teacher.mode = "batch" is the Batch API'),
+    ('[scale]\nengine = "spark"\n', "cfg.toml:2: scale.engine: Input should be 'local' or 'ray'"),
+])
+def test_bad_scale_sections_are_one_line(tmp_path, text, expected):
+    (tmp_path / "cfg.toml").write_text(text)
+    with pytest.raises(InputError) as e:
+        load_config(tmp_path / "cfg.toml")
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_scale_is_not_in_the_fingerprint_and_one_shard_keeps_it():
+    base = load_config(None, sets=['teacher.backend="openai"', 'teacher.model="m"'])
+    on_ray = load_config(None, sets=['teacher.backend="openai"', 'teacher.model="m"', 'scale.engine="ray"',
+                                     'scale.replicas=["http://u:secret@10.0.0.1:8000/v1"]'])
+    assert on_ray.fingerprint() == base.fingerprint()
+    assert "secret" not in json.dumps(on_ray.model_dump(mode="json"))
+    assert load_config(None, sets=["bootstrap.shards=2"]).fingerprint() != base.fingerprint()

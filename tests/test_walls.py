@@ -1,7 +1,7 @@
 """The package's walls, read from the source (every import, also those inside functions; nothing is imported).
 
-The layout (README, "Layout"): leaves (config, errors, records, prompts, progress) import no subpackage; io/,
-teachers/, filters/ sit above them; stages/ and train/ above those; runs/ above all of these; report/ reads runs
+The layout (README, "Layout"): leaves (config, errors, records, prompts, progress, ray_cluster) import no
+subpackage; io/, teachers/, filters/ sit above them; stages/ and train/ above those; runs/ above all of these; report/ reads runs
 through runs/read; cli/ on top, and nothing imports it.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pipeline"
-LEAVES = {"config", "errors", "records", "prompts", "progress"}
+LEAVES = {"config", "errors", "records", "prompts", "progress", "ray_cluster"}
 # The names of the run directory's layout (runs/store knows it): files and folders of <run>/, and the flat folder
 # `pipeline filter --out DIR` writes.
 LAYOUT_FILES = {"manifest.json", ".done", ".lock", "cache.sqlite", "kept.jsonl", "rejected.jsonl", "stats.json",

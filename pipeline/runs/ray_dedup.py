@@ -25,62 +25,23 @@ candidate pair, duplicates among themselves included (on the benchmark's 20,000 
 4.5 s and ``ray_dedup`` about 19 s in either mode, with the same decisions in exact mode: Ray only pays off with
 more cores or machines than one process can use, or pools whose index does not fit in one process.
 
-``init_local_ray`` starts a local cluster that listens on 127.0.0.1 only: Ray >= 2.50 otherwise resolves
-"127.0.0.1" to the machine's network address (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` keeps the loopback address,
-read when ``ray`` is imported), and a new local cluster turns on token authentication and writes a token file under
-``~/.ray`` unless ``RAY_AUTH_MODE`` is set (here: token mode with a fresh random token in the environment, so
-nothing is written to the home directory and only this process and its children hold the token). With
-``ray_dedup`` called while Ray is not initialised, it starts such a cluster, and shuts it down and removes its
-folder at the end.
+With ``ray_dedup`` called while Ray is not initialised, it starts a loopback-only local cluster
+(``pipeline/ray_cluster.py``), and shuts it down and removes its folder at the end.
 """
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
-import sys
-import tempfile
 import time
 from collections.abc import Collection, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
 
 from ..filters import sharded
 from ..filters.novelty import DedupResult
+from ..ray_cluster import ray_session
 
-LOOPBACK = "127.0.0.1"
 _ORDER_CACHE: dict[str, dict[int, int]] = {}  # per worker process: the count table, by object id
-
-
-def init_local_ray(num_cpus: int = 2, temp_dir: str | None = None, **init_kwargs: Any) -> dict:
-    """Start a local Ray cluster bound to 127.0.0.1 (see the module docstring), with no dashboard and no usage
-    stats; returns ``ray.init``'s context dict plus ``temp_dir``. ``temp_dir`` defaults to a new short folder under
-    /tmp (Ray's socket paths must stay short)."""
-    imported = "ray" in sys.modules
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    new_token = "RAY_AUTH_MODE" not in os.environ
-    if new_token:
-        os.environ["RAY_AUTH_MODE"] = "token"
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    import ray
-    from ray._private import ray_constants
-
-    if imported:  # ray read both settings when it was imported: apply them late, the way ray itself does
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        if new_token:
-            from ray._raylet import Config
-
-            Config.initialize("")  # what ray's own _enable_token_auth does to switch this process to token mode
-    temp_dir = temp_dir or tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ctx = ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, configure_logging=False,
-                   log_to_driver=False, _node_ip_address=LOOPBACK, **init_kwargs)
-    ip = ray.util.get_node_ip_address()
-    if ip != LOOPBACK:
-        ray.shutdown()
-        raise RuntimeError(f"Ray came up on {ip}, not {LOOPBACK}")
-    return {**ctx.address_info, "temp_dir": temp_dir}
 
 
 # -- the functions the Ray workers run (module level, so they pickle by reference) ---------------------------------
@@ -188,9 +149,8 @@ def ray_dedup(texts: Sequence[str], ids: Sequence[str] | None = None, *, thresho
     t0 = time.perf_counter()
     if not texts:
         return DedupResult([], [], {"texts": 0, "reference": len(reference), "seconds": 0.0})
-    started = None
-    if not ray.is_initialized():
-        started = init_local_ray(num_cpus=num_cpus)["temp_dir"]
+    cluster = ExitStack()
+    cluster.enter_context(ray_session(num_cpus=num_cpus))
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy)
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
@@ -265,6 +225,4 @@ def ray_dedup(texts: Sequence[str], ids: Sequence[str] | None = None, *, thresho
         return res
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy = saved
-        if started:
-            ray.shutdown()
-            shutil.rmtree(started, ignore_errors=True)
+        cluster.close()

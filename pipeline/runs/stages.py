@@ -88,11 +88,16 @@ async def bootstrap_stage(run: Run, teacher: Teacher, seeds: list[Record], progr
     teacher.stage(bootstrap.STAGE)
     cfg = run.cfg
     t0 = time.time()
-    state = bootstrap.BootstrapState.start(seeds, cfg.filter)
+    states = bootstrap.shard_states(seeds, cfg.filter, cfg.bootstrap.shards)
     files = run.stage_files(bootstrap.STAGE)
     rejected: Counter = Counter()
     kept = 0
     target = cfg.bootstrap.target_instructions
+
+    def tick() -> None:
+        progress(bootstrap.STAGE, min(sum(s.tasks_kept for s in states), target), target,
+                 {"instances": kept, "rejected": sum(rejected.values()), "requests": teacher.usage.requests,
+                  "cached": teacher.usage.cache_hits, "in flight": teacher.limit.in_flight})
 
     def emit(result: bootstrap.StepResult) -> None:
         nonlocal kept
@@ -100,21 +105,29 @@ async def bootstrap_stage(run: Run, teacher: Teacher, seeds: list[Record], progr
         files.write((r.to_dict() for r in result.kept), (r.to_dict() for r in result.rejected))
         kept += len(result.kept)
         rejected.update(r.reason for r in result.rejected)
-        progress(bootstrap.STAGE, min(state.tasks_kept, target), target,
-                 {"instances": kept, "rejected": sum(rejected.values()), "requests": teacher.usage.requests,
-                  "cached": teacher.usage.cache_hits, "in flight": teacher.limit.in_flight})
+        tick()
 
     progress(bootstrap.STAGE, 0, target, {})  # starts the stage's clock, so rates are per real minute
+    tasks_kept = None
     try:
-        await bootstrap.run(state, teacher, cfg.bootstrap, cfg.filter, emit)
+        if len(states) == 1:
+            await bootstrap.run(states[0], teacher, cfg.bootstrap, cfg.filter, emit)
+            tasks_kept = states[0].tasks_kept
+        else:
+            tasks_kept = await bootstrap.run_shards(states, teacher, cfg.bootstrap, cfg.filter, emit, tick)
     finally:
         files.close()
+        stats: Counter = Counter()
+        for s in states:
+            stats.update(s.stats)
         run.record_stage(
             bootstrap.STAGE, kept, rejected, time.time() - t0,
-            tasks_kept=state.tasks_kept,
+            tasks_kept=tasks_kept if tasks_kept is not None else sum(s.tasks_kept for s in states),
             target_instructions=target,
-            generation_requests=state.requests,
-            stats=dict(state.stats),
+            generation_requests=sum(s.requests for s in states),
+            **({"shards": [{"tasks_kept": s.tasks_kept, "generation_requests": s.requests} for s in states]}
+               if len(states) > 1 else {}),
+            stats=dict(stats),
             usage=teacher.stage_usage(bootstrap.STAGE).as_dict(),
             engine=teacher.describe(),
             teacher_model=teacher.model_name,

@@ -430,7 +430,7 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
     try:
         price_for_budget(cfg)
         # The backend touches its state directory only once it sends.
-        backend = make_backend(cfg.teacher, run_dir / BATCHES, progress) if need_teacher else None
+        backend = make_backend(cfg.teacher, run_dir / BATCHES, progress, cfg.scale) if need_teacher else None
         budget = budget_for(cfg, backend.model_name if backend else "")
         run.begin(config_path)
     except BaseException:
@@ -448,7 +448,7 @@ def run_session(cfg: RunConfig, run_dir: Path, config_path: str | None = None, *
         tcfg = tcfg or cfg.teacher
         price_for_budget(cfg)
         engine = make_engine(tcfg, cache, budget_for(cfg, tcfg.model, tcfg),
-                             make_backend(tcfg, run.dir / BATCHES, progress))
+                             make_backend(tcfg, run.dir / BATCHES, progress, cfg.scale_for(tcfg)))
         extra.append(engine)
         return engine
     run.open_teacher = open_teacher

@@ -17,11 +17,27 @@ Decisions keep Self-Instruct's order and do not depend on which answer arrives f
   4. results are emitted request by request, each request's tasks in order, and stop at exactly the
      ``target_instructions``-th kept task. A resumed run replays the same decisions from the request cache.
 
+Shards (``bootstrap.shards = K``, ``run_shards``). The loop above is sequential by nature: request g's prompt
+waits on the decisions of requests before it, so one loop keeps at most a window of generation requests (and
+their instance chains) in flight, which is too little for many teacher replicas. K independent loops run at once
+on the one engine instead: loop k starts from the same seeds, samples its prompts with its own seed
+(``bootstrap.seed + k``), numbers its tasks ``bs<k>-...`` and stops at its share of the target
+(ceil(target / K)). When all have stopped, their tasks are deduplicated against each other in one fixed order
+(task 0 of every loop in loop order, then task 1 of every loop, ...; each task's instruction against the tasks
+kept before it, with the same ROUGE-L threshold), and the first ``target`` survivors are kept (fewer if the loops
+duplicated each other beyond the margin: the stage records ``tasks_kept``); the losers are rejected as
+``rouge_duplicate`` with ``cross_shard = true``, the surplus past the target as ``beyond_target``. The result depends on K and on nothing else (not on
+timing): each loop is deterministic, and so is the merge. How K changes the data: each loop's prompts show only
+its own machine instructions, so the loops explore from the seeds independently and find some of the same tasks
+(the merge removes those, so a K-shard run asks for more generation requests per kept task than one loop), and
+the kept set holds the early, seed-near tasks of K loops rather than the late tasks of one long loop.
+
 The stage is a pure coroutine of (state, engine, config): the caller's ``emit`` owns all file I/O.
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -52,9 +68,10 @@ class BootstrapState:
     # len(machine_instructions) after each generation request was decided: what request g + window may show
     pool_sizes: list[int] = field(default_factory=list)
     stats: Counter = field(default_factory=Counter)
+    prefix: str = "bs"  # task ids: bs-000000 (one loop), bs<k>-000000 (shard k of several)
 
     @classmethod
-    def start(cls, seeds: list[Record], fcfg: FilterConfig) -> "BootstrapState":
+    def start(cls, seeds: list[Record], fcfg: FilterConfig, prefix: str = "bs") -> "BootstrapState":
         # Exact nearest for every candidate: the bootstrap pool is small, and kept records carry their nearest match.
         index = NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens,
                              exact_nearest=True)
@@ -65,7 +82,7 @@ class BootstrapState:
                 seen.add(rec.task_id)
                 instructions.append(rec.instruction)
                 index.add(rec.task_id, rec.instruction)
-        return cls(seed_instructions=instructions, index=index)
+        return cls(seed_instructions=instructions, index=index, prefix=prefix)
 
 
 @dataclass
@@ -109,7 +126,7 @@ def _decide(state: BootstrapState, filters: InstructionFilters, fcfg: FilterConf
         rejected.append(Rejection(rec, reason, details, STAGE))
 
     state.stats["responses"] += 1
-    response_id = f"bs-response-{g + 1:06d}"
+    response_id = f"{state.prefix}-response-{g + 1:06d}"
     if completion.finish_reason == REFUSED:
         reject(Record(id=response_id, instruction="", source=STAGE), "teacher_refused", message=completion.text)
         return rejected, []
@@ -134,7 +151,7 @@ def _decide(state: BootstrapState, filters: InstructionFilters, fcfg: FilterConf
     prompt_text = " ".join(request.messages[-1]["content"].lower().split())
     accepted: list[Record] = []
     for text in items:
-        task_id = f"bs-{state.next_task:06d}"
+        task_id = f"{state.prefix}-{state.next_task:06d}"
         state.next_task += 1
         rec = Record(id=task_id, task_id=task_id, instruction=text, source=STAGE, teacher_model=model)
         if " ".join(text.lower().split()) in prompt_text:  # copied back from the prompt (an example, the ask)
@@ -269,3 +286,73 @@ async def run(state: BootstrapState, engine: Engine, cfg: BootstrapConfig, fcfg:
             f.cancel()
         if outstanding:
             await asyncio.gather(*outstanding, return_exceptions=True)
+
+
+def shard_states(seeds: list[Record], fcfg: FilterConfig, shards: int) -> list[BootstrapState]:
+    """The starting state of each loop: one named ``bs`` (today's ids), or ``shards`` named ``bs0``, ``bs1``, ..."""
+    if shards == 1:
+        return [BootstrapState.start(seeds, fcfg)]
+    return [BootstrapState.start(seeds, fcfg, prefix=f"bs{k}") for k in range(shards)]
+
+
+def shard_config(cfg: BootstrapConfig, k: int, shards: int) -> BootstrapConfig:
+    """Loop ``k``'s settings: its own seed, its share of the target (with ``shard_overshoot``) and of the request
+    cap. One shard is the single loop, unchanged."""
+    if shards == 1:
+        return cfg
+    share = math.ceil(cfg.target_instructions * (1 + cfg.shard_overshoot) / shards)
+    return cfg.model_copy(update={"seed": cfg.seed + k, "target_instructions": share,
+                                  "max_generation_requests": math.ceil(cfg.max_generation_requests / shards)})
+
+
+async def run_shards(states: list[BootstrapState], engine: Engine, cfg: BootstrapConfig, fcfg: FilterConfig,
+                     emit: Callable[[StepResult], None], tick: Callable[[], None] = lambda: None) -> int:
+    """``len(states)`` loops at once (see "Shards" in the module docstring), then the merge. Everything is emitted
+    once, at the end, in a fixed order (each loop's rejections in loop order, then the merge's keeps and
+    rejections), so a resumed run writes the same file; ``tick()`` is called whenever a loop made progress.
+    Returns the tasks kept."""
+    held: list[StepResult] = [StepResult() for _ in states]
+
+    def collect(k: int) -> Callable[[StepResult], None]:
+        def emit_k(result: StepResult) -> None:
+            held[k].kept.extend(result.kept)
+            held[k].rejected.extend(result.rejected)
+            tick()
+        return emit_k
+
+    await asyncio.gather(*(run(state, engine, shard_config(cfg, k, len(states)), fcfg, collect(k))
+                           for k, state in enumerate(states)))
+    out = StepResult(rejected=[r for h in held for r in h.rejected])
+    tasks: list[list[list[Record]]] = []  # per loop, its tasks in order, each as its records
+    for h in held:
+        by_task: dict[str, list[Record]] = {}
+        for rec in h.kept:
+            by_task.setdefault(rec.task_id, []).append(rec)
+        tasks.append(list(by_task.values()))
+    # Each loop already checked its tasks against the seeds and its own earlier tasks: the merge compares tasks of
+    # different loops only, through one index of the tasks kept so far.
+    index = NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens,
+                         exact_nearest=True)
+    kept_tasks = 0
+    for j in range(max((len(t) for t in tasks), default=0)):
+        for k, loop_tasks in enumerate(tasks):
+            if j >= len(loop_tasks):
+                continue
+            records = loop_tasks[j]
+            if kept_tasks >= cfg.target_instructions:  # the margin's surplus: kept with its reason
+                out.rejected.extend(Rejection(rec, "beyond_target", {"target": cfg.target_instructions}, STAGE)
+                                    for rec in records)
+                continue
+            first = records[0]
+            match = index.nearest(first.instruction)
+            if index.is_duplicate(match):
+                for rec in records:
+                    out.rejected.append(Rejection(rec, "rouge_duplicate", {
+                        "nearest_id": match.nearest_id, "nearest_instruction": match.nearest_text,
+                        "rouge_l": match.score, "threshold": fcfg.rouge_threshold, "cross_shard": True}, STAGE))
+                continue
+            index.add(first.task_id, first.instruction)
+            out.kept.extend(records)
+            kept_tasks += 1
+    emit(out)
+    return kept_tasks

@@ -111,6 +111,7 @@ class Ledger:
 class BatchBackend:
     backend = "openai"  # the cache key of a request is the same online or in a batch: the same answer
     max_parallel = None
+    collects = True  # make_engine lifts the window: a whole round goes into one batch
 
     def __init__(self, cfg: TeacherConfig, state_dir: Path, progress: Progress = no_progress):
         self.cfg = cfg

@@ -52,7 +52,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float:
     return max(when - (time.time() if now is None else now), 0.0)
 
 
-def _error_message(body: bytes) -> str:
+def error_message(body: bytes) -> str:
     """The server's own words from an error body (OpenAI: {"error": {"message": ...}}), else the body's start."""
     try:
         data = json.loads(body)
@@ -175,7 +175,7 @@ class OpenAIBackend:
         except aiohttp.ClientError as e:  # resets, refused connections, disconnects
             raise Transient("connection", self.redact(f"{type(e).__name__}: {e}")) from None
         if status != 200:
-            raise self.status_error(status, _error_message(raw), retry_after)
+            raise self.status_error(status, error_message(raw), retry_after)
         try:
             data = json.loads(raw)
         except ValueError:  # a 200 whose body is not JSON (cut short, garbled)

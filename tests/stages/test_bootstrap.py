@@ -219,3 +219,70 @@ def test_structured_generation_is_parsed_as_json_with_the_same_decisions():
     assert text_state.stats["parsed_as_text"] == 1
     assert [r.instruction for r in result.kept] == [r.instruction for r in text_result.kept]
     assert state.tasks_kept == text_state.tasks_kept == 3
+
+
+class SharedFirstBackend(VariedBackend):
+    """Every generation answer starts with the same three instructions, then seven of its own: independent loops
+    all find those three, and the merge must keep them once."""
+
+    COMMON = ["Name three rivers that flow through more than two countries.",
+              "Write a polite note asking a neighbour to trim their hedge.",
+              "Convert a recipe for four people into one for ten people."]
+
+    async def send(self, r):
+        c = await super().send(r)
+        if r.messages[-1]["content"].startswith("Here are some example tasks"):
+            own = c.text.splitlines()[:7]
+            items = self.COMMON + [line.split(". ", 1)[1] for line in own]
+            return Completion("\n".join(f"{k}. {t}" for k, t in enumerate(items, 1)), "stop", 10, 10)
+        return c
+
+
+def _shards(delay_seed: int, shards: int, target: int):
+    seeds = load_seed_file(OUR_SEEDS)
+    fcfg = FilterConfig()
+    states = bootstrap.shard_states(seeds, fcfg, shards)
+    out = bootstrap.StepResult()
+    engine = Engine(SharedFirstBackend(delay_seed), concurrency=16)
+
+    def emit(r):
+        out.kept.extend(r.kept)
+        out.rejected.extend(r.rejected)
+    try:
+        kept = engine.run(bootstrap.run_shards(states, engine, BootstrapConfig(
+            request_batch_size=2, new_per_request=10, target_instructions=target), fcfg, emit))
+    finally:
+        engine.close()
+    return kept, out
+
+
+def test_sharded_bootstrap_is_deterministic_and_merges_the_loops_without_duplicates():
+    kept_a, out_a = _shards(delay_seed=1, shards=3, target=20)
+    kept_b, out_b = _shards(delay_seed=2, shards=3, target=20)
+    rows = lambda out: ([r.id for r in out.kept], [(x.reason, x.record.id) for x in out.rejected])  # noqa: E731
+    assert rows(out_a) == rows(out_b)  # whatever order the answers came back in
+    tasks = list(dict.fromkeys(r.task_id for r in out_a.kept))
+    assert kept_a == len(tasks) == 20
+    # The three loops each kept the shared instructions; the merge kept them once (from loop 0, first in order).
+    assert {t[:3] for t in tasks} == {"bs0", "bs1", "bs2"}
+    instructions = [r.instruction for r in out_a.kept]
+    for common in SharedFirstBackend.COMMON:
+        assert common in instructions
+        assert len({r.task_id for r in out_a.kept if r.instruction == common}) == 1
+    cross = [x for x in out_a.rejected if x.details.get("cross_shard")]
+    assert {x.record.instruction for x in cross} == set(SharedFirstBackend.COMMON)
+    assert {x.record.task_id[:3] for x in cross} == {"bs1", "bs2"}
+    assert all(x.reason == "rouge_duplicate" and x.details["rouge_l"] > 0.7 for x in cross)
+    # 3 loops of ceil(20 x 1.25 / 3) = 9 tasks, less 6 cross-loop duplicates, is 21: one task past the target.
+    beyond = {x.record.task_id for x in out_a.rejected if x.reason == "beyond_target"}
+    assert len(beyond) == 1
+
+
+def test_one_shard_is_the_single_loop():
+    seeds = load_seed_file(OUR_SEEDS)
+    [state] = bootstrap.shard_states(seeds, FilterConfig(), 1)
+    assert state.prefix == "bs"
+    cfg = BootstrapConfig(target_instructions=10, seed=5)
+    assert bootstrap.shard_config(cfg, 0, 1) == cfg
+    third = bootstrap.shard_config(cfg, 2, 3)
+    assert third.seed == 7 and third.target_instructions == 5  # ceil(10 x 1.25 / 3)
