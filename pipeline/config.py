@@ -520,8 +520,10 @@ class ScaleConfig(_Section):
     # how many one-row batches run at once (the blocks of a wave hold this many rows each).
     concurrency_per_replica: int = Field(64, ge=1)
     actors_per_replica: int = Field(1, ge=1)  # HTTP stage actors per replica (each 0.25 CPU)
-    # A wave (one Ray Data execution) starts once no new request came for this long, or once it holds max_wave.
+    # A wave (one Ray Data execution) starts once no new request came for wave_idle_s, once it holds max_wave, or
+    # once its first request has waited wave_max_wait_s.
     wave_idle_s: float = Field(0.05, gt=0)
+    wave_max_wait_s: float = Field(1.0, gt=0)
     max_wave: int = Field(4096, ge=1)
     # The vLLM engine processor (GPU, untested here): vllm.LLM engine arguments, engine replicas, rows per batch.
     vllm_engine_kwargs: dict[str, Any] = {}
@@ -534,6 +536,8 @@ class ScaleConfig(_Section):
             raise ValueError('replicas and launch_llamacpp need engine = "ray"')
         if self.replicas and self.launch_llamacpp:
             raise ValueError("give replicas or launch_llamacpp, not both")
+        if any("@" in u.split("//", 1)[-1].split("/", 1)[0] for u in self.replicas):
+            raise ValueError("credentials inside a replica URL are not sent; use teacher.api_key_env")
         return self
 
     @field_serializer("replicas")
@@ -727,5 +731,5 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         dotted = ".".join(str(k) for k in loc)
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         if err["type"] != "extra_forbidden" and "input" in err:
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {redact(repr(err['input']))})"
         raise InputError(source, msg, line=_key_line(text, loc) if text else None, field=dotted) from None

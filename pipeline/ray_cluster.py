@@ -54,6 +54,9 @@ def init_local_ray(num_cpus: int = 2, temp_dir: str | None = None, **init_kwargs
     try:
         ctx = ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=temp_dir, configure_logging=False,
                        log_to_driver=False, _node_ip_address=LOOPBACK, **init_kwargs)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     finally:
         worker_log.setLevel(level)
     ip = ray.util.get_node_ip_address()

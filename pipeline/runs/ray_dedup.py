@@ -154,11 +154,11 @@ def ray_dedup(texts: Sequence[str], ids: Sequence[str] | None = None, *, thresho
     ctx = ray.data.DataContext.get_current()
     saved = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.shuffle_strategy)
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
-    if shuffle_strategy is not None:
-        from ray.data.context import ShuffleStrategy
-
-        ctx.shuffle_strategy = ShuffleStrategy(shuffle_strategy)
     try:
+        if shuffle_strategy is not None:
+            from ray.data.context import ShuffleStrategy
+
+            ctx.shuffle_strategy = ShuffleStrategy(shuffle_strategy)
         all_ids = [r[0] for r in reference] + ids
         all_texts = [r[1] for r in reference] + list(texts)
         n_total = len(all_texts)

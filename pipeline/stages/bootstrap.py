@@ -51,6 +51,7 @@ from ..records import Record, Rejection
 from ..teachers import ChatRequest, Completion, Engine, formats
 from ..teachers.base import REFUSED
 from ..teachers.cache import BudgetExhausted
+from ..teachers.engine import gather_or_cancel
 from .instances import InstanceResult, instances_for
 from .parsing import json_string_list, split_numbered_list
 
@@ -320,8 +321,10 @@ async def run_shards(states: list[BootstrapState], engine: Engine, cfg: Bootstra
             tick()
         return emit_k
 
-    await asyncio.gather(*(run(state, engine, shard_config(cfg, k, len(states)), fcfg, collect(k))
-                           for k, state in enumerate(states)))
+    # One loop failing for good (the teacher is down, the budget is spent) stops the others the way one request
+    # failing stops a stage: gather_or_cancel (a budget stop lets the requests already paid for finish first).
+    await gather_or_cancel(run(state, engine, shard_config(cfg, k, len(states)), fcfg, collect(k))
+                           for k, state in enumerate(states))
     out = StepResult(rejected=[r for h in held for r in h.rejected])
     tasks: list[list[list[Record]]] = []  # per loop, its tasks in order, each as its records
     for h in held:

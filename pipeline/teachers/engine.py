@@ -46,7 +46,8 @@ T = TypeVar("T")
 # Failed tries after which the server may have done, and billed, the work: it answered too late, or its answer was
 # cut short or unreadable. Refusals, 429/5xx and connection errors are not billed. (Requests cancelled once sent, a
 # hedge copy that lost its race or work a stage dropped past its target, are counted too, as "cancelled".)
-BILLED_FAILURES = frozenset({"timeout", "truncated", "malformed_response"})
+BILLED_FAILURES = frozenset({"timeout", "truncated", "malformed_response",
+                             "ray_block_failed"})  # a failed Ray block's requests may have been answered
 # A hedge (the duplicate of a straggler) takes the next free slot before every waiting request.
 HEDGE_PRIORITY = 1 << 30
 # Copies of one request at most: a hedge can straggle too, and then the request gets a third.

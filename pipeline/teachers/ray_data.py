@@ -21,14 +21,15 @@ http_request_stage.py``): it sends the rows of one batch one after another and r
 batches and set that limit to the requests each actor should keep in flight (``concurrency_per_replica /
 actors_per_replica``); measured on the simulated server, 256 requests of 0.5 s took 16.6 s with Ray's defaults and
 5.0 s with this. Rows carry the request body and the answer as JSON strings (``BodySession``, given to the stage
-as its session factory), because Arrow cannot put rows of different shapes in one block. Ray retries 429, 408,
-502, 503 and 504 itself (``teacher.max_retries`` times, backing off); any other status comes back with its body
-and is sorted as the online backend sorts it (400-like: refused; 500: transient, the engine sends it again in a
-later wave). A request that exhausts Ray's retries fails its whole block: the wave goes on without the block
-(``max_errored_blocks``), and the block's requests, answered or not, fail as ``Transient("ray_block_failed")`` for
-the engine to retry. So a failing block can make the replicas answer up to a block's worth of requests twice:
-that is paid twice on a metered API (kept rare by Ray's own retries first); answers that reached this process are
-cached and never asked again.
+as its session factory), because Arrow cannot put rows of different shapes in one block; the same session
+answers every request to Ray as a success (the real status, a timeout or a broken connection travel in the row),
+so Ray never retries a request nor fails a block for one: the engine sorts each answer as the online backend does
+(429/5xx/timeouts transient, retried in a later wave with the engine's backoff and Retry-After; 400-like refused,
+the record rejected as ``teacher_refused``) and counts what may have been billed. A block that still fails (a Ray
+worker died) does not stop the wave (``max_errored_blocks``); its requests fail as
+``Transient("ray_block_failed")``, retried by the engine and counted as possibly billed. Answers still inside Ray
+when the process is killed are lost: a resumed run asks for them again (the request cache holds every answer that
+reached this process).
 
 The vLLM engine processor (``scale.processor = "vllm"``, ``teacher.backend = "vllm"``): vLLM engines inside Ray
 actors on the cluster's GPUs, fed rows of chat messages and sampling parameters, with the same wave mechanics.
@@ -45,8 +46,10 @@ import functools
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Awaitable
@@ -62,15 +65,19 @@ from .options import openai_body
 
 log = logging.getLogger(__name__)
 STAGE_CPUS = 0.25  # logical CPUs per HTTP actor and per pre/post-processing task: they wait on the network
+WAVE_THREADS = 32  # waves in flight at once (each waits on its Ray execution in a thread of its own)
+CLOSE_GRACE_S = 5.0  # what aclose gives running waves before it stops the cluster under them
 
 
 # -- what the Ray workers run (module level: pickled by reference) ----------------------------------------------
 class BodySession:
     """The aiohttp session Ray's HTTP stage is given (``session_factory``). A row carries its request body as one
-    JSON string (``payload = {"body": "..."}``) and gets its answer back as ``{"status": 200, "body": "..."}``:
-    every row of a block has the same Arrow type whatever its request or answer holds (rows with different JSON
-    schemas or an error body next to a completion cannot be put in one Arrow block), and the HTTP status of an
-    answer Ray does not retry comes back with it."""
+    JSON string (``payload = {"body": "..."}``) and gets its answer back as ``{"status": ..., "body": ...,
+    "retry_after": ...}``: every row of a block has the same Arrow type whatever its request or answer holds (rows of
+    different JSON shapes, or an error body next to a completion, cannot share an Arrow block). Every answer reaches
+    Ray as a 200, and a timeout or a broken connection as an answer of status 0 with the error's kind in the body,
+    so Ray neither retries nor fails a block for one request: each request succeeds or fails on its own, and the
+    engine retries (with its own backoff, Retry-After and budget accounting) exactly as online."""
 
     def __init__(self, timeout_s: float):
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
@@ -85,21 +92,32 @@ class BodySession:
         return self._post(url, headers, json.loads(data)["body"])
 
     async def _post(self, url: str, headers: dict | None, body: str) -> "BodyResponse":
-        return BodyResponse(await self._session.post(url, headers=headers, data=body.encode()))
+        try:
+            async with self._session.post(url, headers=headers, data=body.encode()) as resp:
+                raw = (await resp.read()).decode("utf-8", "replace")
+                return BodyResponse(resp.status, raw, resp.headers.get("retry-after") or "")
+        except asyncio.TimeoutError:
+            return BodyResponse(0, "timeout")
+        except aiohttp.ClientPayloadError as e:
+            return BodyResponse(0, f"truncated: {e}")
+        except aiohttp.ClientError as e:
+            return BodyResponse(0, f"connection: {type(e).__name__}: {e}")
 
 
 class BodyResponse:
-    def __init__(self, resp: aiohttp.ClientResponse):
-        self._resp, self.status, self.reason = resp, resp.status, resp.reason
+    status, reason = 200, "OK"  # what Ray's stage sees: never a status it retries
+
+    def __init__(self, status: int, body: str, retry_after: str = ""):
+        self._answer = {"status": status, "body": body, "retry_after": retry_after}
 
     async def __aenter__(self) -> "BodyResponse":
         return self
 
     async def __aexit__(self, *exc) -> None:
-        self._resp.release()
+        pass
 
     async def json(self) -> dict:
-        return {"status": self.status, "body": (await self._resp.read()).decode("utf-8", "replace")}
+        return self._answer
 
 
 def _http_row(row: dict) -> dict:
@@ -107,7 +125,9 @@ def _http_row(row: dict) -> dict:
 
 
 def _http_result(row: dict) -> dict:
-    return {"i": row["i"], "status": int(row["http_response"]["status"]), "response": row["http_response"]["body"]}
+    answer = row["http_response"]
+    return {"i": row["i"], "status": int(answer["status"]), "response": answer["body"],
+            "retry_after": answer["retry_after"]}
 
 
 def _vllm_row(row: dict) -> dict:
@@ -122,7 +142,7 @@ def _vllm_result(row: dict) -> dict:
     body = {"choices": [{"message": {"content": row.get("generated_text") or ""},
                          "finish_reason": "length" if limit and used >= limit else "stop"}],
             "usage": {"prompt_tokens": int(row.get("num_input_tokens") or 0), "completion_tokens": used}}
-    return {"i": row["i"], "status": 200, "response": json.dumps(body)}
+    return {"i": row["i"], "status": 200, "response": json.dumps(body), "retry_after": ""}
 
 
 def _vllm_sampling(body: dict) -> dict:
@@ -143,13 +163,16 @@ class RayDataBackend(OpenAIBackend):
 
     def __init__(self, cfg: TeacherConfig, scale: ScaleConfig, state_dir: Path | None = None):
         self.scale, self.vllm = scale, scale.processor == "vllm"
-        super().__init__(cfg if not self.vllm else cfg.model_copy(update={"api_key_env": ""}), pool_size=1)
+        # Replicas the pipeline starts itself need no key: none is sent to them.
+        keyless = self.vllm or scale.launch_llamacpp > 0
+        super().__init__(cfg.model_copy(update={"api_key_env": ""}) if keyless else cfg, pool_size=1)
         if self.vllm:
             self.backend = "vllm"  # the cache key: the same answers as vLLM in-process
             self.structured = "off"  # structured outputs through Ray's vLLM stage are not wired (untested here)
         self.max_parallel = None
         self.stats: Counter = Counter()
         self._queue: list[tuple[str, asyncio.Future]] = []
+        self._first_queued = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._waves: set[asyncio.Task] = set()
         self._dealt = 0
@@ -157,6 +180,11 @@ class RayDataBackend(OpenAIBackend):
         self._urls: list[str] = []
         self._processors: list[Any] | None = None
         self._opening: asyncio.Future | None = None
+        self._closing = threading.Event()  # aclose has begun: _open undoes itself, _execute stops reading rows
+        self._threads = ThreadPoolExecutor(max_workers=WAVE_THREADS, thread_name_prefix="ray-wave")
+        self._context_lock = threading.Lock()
+        self._running = 0
+        self._saved_context: tuple | None = None
         self._state_dir = state_dir
 
     # -- set up on the first request (a resumed run with everything cached starts no cluster) -------------------
@@ -185,9 +213,14 @@ class RayDataBackend(OpenAIBackend):
             # a wave is one execution, so that would be a few lines per stage step. Errors still show.
             logging.getLogger("ray.data").setLevel(logging.ERROR)
             self._processors = [self._processor(url) for url in (self._urls if not self.vllm else ["vllm"])]
-        except BaseException:
+            if self._closing.is_set():
+                raise TeacherError("the teacher was closed while Ray was starting")
+        except BaseException as e:
             self._resources.close()
-            raise
+            if isinstance(e, (TeacherError, KeyboardInterrupt, SystemExit)):
+                raise
+            # Nothing will succeed (the cluster or a replica did not start): one clear error, not retries.
+            raise TeacherError(self.redact(f"Ray could not be started: {type(e).__name__}: {e}")[:1000]) from None
 
     def _processor(self, url: str):
         from ray.data.llm import build_processor
@@ -206,7 +239,7 @@ class RayDataBackend(OpenAIBackend):
         headers = {"Authorization": self._auth} if self.cfg.api_key_env or self._auth.startswith("Basic") else None
         config = HttpRequestProcessorConfig(
             url=url, headers=headers, batch_size=1, concurrency=(sc.actors_per_replica, sc.actors_per_replica),
-            max_retries=self.cfg.max_retries, base_retry_wait_time_in_s=1.0,
+            max_retries=0,  # BodySession answers every request itself: the engine retries
             session_factory=functools.partial(BodySession, self.cfg.timeout_s),
             http_request_stage={"num_cpus": STAGE_CPUS})
         return build_processor(config, preprocess=_http_row, postprocess=_http_result,
@@ -217,17 +250,26 @@ class RayDataBackend(OpenAIBackend):
         body = openai_body(self.cfg, req, structured)
         if self.vllm:
             body = {"messages": body["messages"], "sampling_params": _vllm_sampling(body)}
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        if not self._queue:
+            self._first_queued = loop.time()
         self._queue.append((json.dumps(body, ensure_ascii=False), fut))
-        if len(self._queue) >= self.scale.max_wave:
+        # A wave starts once the stages stop asking (wave_idle_s), at max_wave requests, or when its first request
+        # has waited wave_max_wait_s (a stream of requests must not hold the first ones back).
+        if (len(self._queue) >= self.scale.max_wave
+                or loop.time() - self._first_queued >= self.scale.wave_max_wait_s):
             self._start_wave()
         else:
             if self._timer is not None:
                 self._timer.cancel()
-            self._timer = asyncio.get_running_loop().call_later(self.scale.wave_idle_s, self._start_wave)
-        status, raw = await fut
+            self._timer = loop.call_later(self.scale.wave_idle_s, self._start_wave)
+        status, raw, retry_after = await fut
+        if status == 0:  # no HTTP answer (BodySession): timeout, truncated body, connection error
+            kind = raw.split(":", 1)[0]
+            raise Transient(kind, self.redact(raw)[:500])
         if status != 200:
-            raise self.status_error(status, error_message(raw.encode()))
+            raise self.status_error(status, error_message(raw.encode()), retry_after or None)
         try:
             data = json.loads(raw)
         except ValueError:  # a 200 whose body is not JSON (cut short, garbled)
@@ -248,57 +290,90 @@ class RayDataBackend(OpenAIBackend):
         loop = asyncio.get_running_loop()
         futures = [f for _, f in items]
 
-        def deliver(i: int, answer: tuple[int, str]) -> None:
+        def deliver(i: int, answer: tuple[int, str, str]) -> None:
             if not futures[i].done():
                 futures[i].set_result(answer)
 
         t0 = time.perf_counter()
         self.stats["waves"] += 1
         self.stats["rows"] += len(items)
+        failure: BaseException = Transient("ray_wave_failed", "the wave ended before answering")
         try:
             if self._opening is None:  # the first wave opens the cluster; the waves started meanwhile wait for it
-                self._opening = asyncio.ensure_future(asyncio.to_thread(self._open))
+                self._opening = loop.run_in_executor(self._threads, self._open)
             await asyncio.shield(self._opening)
             n = len(self._processors)
             rows: list[list[dict]] = [[] for _ in range(n)]
             for i, (body, _) in enumerate(items):
                 rows[(self._dealt + i) % n].append({"i": i, "body": body})
             self._dealt += len(items)
-            await asyncio.to_thread(self._execute, rows, lambda i, r: loop.call_soon_threadsafe(deliver, i, r))
-            failure: Exception = Transient("ray_block_failed", "a block of this wave failed in Ray Data (a "
-                                           "request ran out of retries); sent again")
+            await loop.run_in_executor(self._threads, self._execute, rows,
+                                       lambda i, r: loop.call_soon_threadsafe(deliver, i, r))
+            failure = Transient("ray_block_failed", "a block of this wave failed in Ray Data; sent again")
         except TeacherError as e:
             failure = e
+        except asyncio.CancelledError:
+            failure = TeacherError("the teacher was closed")
+            raise
         except Exception as e:  # the cluster went away, a worker died: the engine retries these requests
-            failure = Transient("ray_wave_failed", self.redact(f"{type(e).__name__}: {e}"[:500]))
-        await asyncio.sleep(0)  # the answers delivered from the thread are set before the rest fail
-        missing = [f for f in futures if not f.done()]
-        self.stats["rows_failed"] += len(missing)
-        self.stats["wave_seconds"] += time.perf_counter() - t0
-        for f in missing:
-            f.set_exception(failure)
+            failure = Transient("ray_wave_failed", self.redact(f"{type(e).__name__}: {e}")[:500])
+        finally:
+            await asyncio.sleep(0)  # answers delivered from the thread are set before the rest fail
+            missing = [f for f in futures if not f.done()]
+            self.stats["rows_failed"] += len(missing)
+            self.stats["wave_seconds"] += time.perf_counter() - t0
+            for f in missing:
+                f.set_exception(failure)
 
     def _execute(self, rows: list[list[dict]], deliver) -> None:
         """One wave, on a worker thread: the replicas' datasets, unioned, streamed back row by row."""
         import ray.data
+
+        per_actor = max(1, self.scale.concurrency_per_replica // self.scale.actors_per_replica)
+        self._enter_context(per_actor)
+        try:
+            parts = []
+            for proc, replica_rows in zip(self._processors, rows):
+                if replica_rows:
+                    blocks = math.ceil(len(replica_rows) / per_actor)
+                    parts.append(proc(ray.data.from_items(replica_rows, override_num_blocks=blocks)))
+            ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+            for row in ds.iter_rows():
+                deliver(int(row["i"]), (int(row["status"]), row["response"], row["retry_after"]))
+                if self._closing.is_set():
+                    return  # leaving the iterator ends the execution
+        finally:
+            self._leave_context()
+
+    def _enter_context(self, per_actor: int) -> None:
+        """Ray Data settings for the waves, set while any wave runs and put back after the last one (they are the
+        process's, shared with e.g. ``ray_dedup``, which must not skip failed blocks)."""
+        import ray.data
         from ray.data._internal.planner import plan_udf_map_op
 
-        sc = self.scale
-        # Ray's HTTP stage runs this many one-row batches of a block at once (see the module docstring); read when
-        # the plan is built, on this process, so it is set here rather than in the workers' environment.
-        per_actor = max(1, sc.concurrency_per_replica // sc.actors_per_replica)
-        plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = per_actor
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
-        ctx.max_errored_blocks = -1  # a failed block does not stop the wave: its requests are retried
-        parts = []
-        for proc, replica_rows in zip(self._processors, rows):
-            if replica_rows:
-                blocks = math.ceil(len(replica_rows) / per_actor)
-                parts.append(proc(ray.data.from_items(replica_rows, override_num_blocks=blocks)))
-        ds = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-        for row in ds.iter_rows():
-            deliver(int(row["i"]), (int(row["status"]), row["response"]))
+        with self._context_lock:
+            if self._running == 0:
+                ctx = ray.data.DataContext.get_current()
+                self._saved_context = (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.max_errored_blocks,
+                                       plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY)
+                ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+                ctx.max_errored_blocks = -1  # a failed block does not stop the wave: its requests are retried
+                # Ray's HTTP stage runs this many one-row batches of a block at once (the module docstring); read
+                # when the plan is built, in this process.
+                plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY = per_actor
+            self._running += 1
+
+    def _leave_context(self) -> None:
+        import ray.data
+        from ray.data._internal.planner import plan_udf_map_op
+
+        with self._context_lock:
+            self._running -= 1
+            if self._running == 0 and self._saved_context is not None:
+                ctx = ray.data.DataContext.get_current()
+                (ctx.enable_progress_bars, ctx.print_on_execution_start, ctx.max_errored_blocks,
+                 plan_udf_map_op.DEFAULT_ASYNC_BATCH_UDF_MAX_CONCURRENCY) = self._saved_context
+                self._saved_context = None
 
     def describe(self) -> dict:
         return {"engine": "ray", "processor": self.scale.processor, "replicas": len(self._urls) or None,
@@ -306,13 +381,23 @@ class RayDataBackend(OpenAIBackend):
                 "wave_seconds": round(self.stats["wave_seconds"], 2)}
 
     async def aclose(self) -> None:
+        """Stop: no new wave; running waves stop reading rows (their requests fail as closed); the replicas and
+        a cluster we started are stopped once nothing uses them."""
+        self._closing.set()
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._waves):
-            task.cancel()
-        if self._waves:
-            await asyncio.gather(*self._waves, return_exceptions=True)
+        for _, fut in self._queue:
+            if not fut.done():
+                fut.set_exception(TeacherError("the teacher was closed"))
+        self._queue = []
+        if self._opening is not None:
+            await asyncio.gather(self._opening, return_exceptions=True)
+        if self._waves:  # a wave waiting on a slow row ends at its next row, or when the cluster stops below
+            await asyncio.wait(list(self._waves), timeout=CLOSE_GRACE_S)
         await asyncio.to_thread(self._resources.close)
+        if self._waves:
+            await asyncio.gather(*list(self._waves), return_exceptions=True)
+        self._threads.shutdown(wait=False)
         await super().aclose()
 
 

@@ -18,10 +18,16 @@ from .embedded import embedded_model_path
 START_TIMEOUT_S = 180.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all bound at once while they are picked, so none is handed out twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class LlamaServers:
@@ -44,11 +50,10 @@ class LlamaServers:
         self.procs: list[subprocess.Popen] = []
         self.urls: list[str] = []
         try:
-            for k in range(n):
-                port = _free_port()
+            for k, port in enumerate(_free_ports(n)):
                 with open(self.log_dir / f"replica-{k}.log", "w") as log:
                     self.procs.append(subprocess.Popen(
-                        [sys.executable, "-m", __name__, "--model", str(model), "--model_alias", alias,
+                        [sys.executable, "-m", __name__, str(os.getpid()), "--model", str(model), "--model_alias", alias,
                          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
                          "--n_threads", str(threads)],
                         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
@@ -64,7 +69,9 @@ class LlamaServers:
         while True:
             try:
                 urllib.request.urlopen(f"{url}/models", timeout=2).read()
-                return
+                if proc.poll() is None:  # ours answered (not some other server on the port)
+                    return
+                raise OSError("exited")
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = (self.log_dir / f"replica-{k}.log").read_text(errors="replace")[-1500:]
@@ -80,16 +87,17 @@ class LlamaServers:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
         self.procs = []
 
 
 def _serve() -> None:
-    """``python -m pipeline.teachers.replicas <llama_cpp.server arguments>``: the server, stopped when the process
-    that started it is gone (a pipeline killed with SIGKILL leaves no replica behind)."""
+    """``python -m pipeline.teachers.replicas <parent pid> <llama_cpp.server arguments>``: the server, stopped when
+    the process that started it is gone (a pipeline killed with SIGKILL leaves no replica behind)."""
     import runpy
     import threading
 
-    parent = os.getppid()
+    parent = int(sys.argv.pop(1))
 
     def watch() -> None:
         while os.getppid() == parent:

@@ -60,8 +60,7 @@ def test_ray_engine_gives_the_local_engines_answers_across_replicas(ray_cluster,
 
 
 class _Faults(BaseHTTPRequestHandler):
-    """A replica with a temper: "REFUSE" -> 400; "FLAKY" -> 500 the first time; "DOWN" -> 503 always (Ray retries
-    it, then the block fails); anything else -> an answer."""
+    """A replica with a temper: "REFUSE" -> 400; "FLAKY" -> 500 the first time; "DOWN" -> 502 always; anything else -> an answer."""
 
     seen: dict[str, int] = {}
 
@@ -74,7 +73,7 @@ class _Faults(BaseHTTPRequestHandler):
         if "FLAKY" in text and self.seen[text] == 1:
             return self._send(500, {"error": {"message": "worker restarted"}})
         if "DOWN" in text:
-            return self._send(503, {"error": {"message": "overloaded"}})
+            return self._send(502, {"error": {"message": "bad gateway"}})
         self._send(200, {"choices": [{"message": {"role": "assistant", "content": f"ok: {text}"},
                                       "finish_reason": "stop"}],
                          "usage": {"prompt_tokens": 3, "completion_tokens": 2}})
@@ -118,18 +117,32 @@ def test_error_statuses_are_sorted_as_online(ray_cluster, faulty):
     assert usage.retries_by_kind == {"http_500": 1}
 
 
-def test_a_failed_block_is_retried_and_then_a_clear_error(ray_cluster, faulty):
-    # max_retries=1: Ray's HTTP stage tries the 503 twice, fails the block, the engine sends it once more: 4 tries.
+def test_a_server_down_for_good_is_retried_by_the_engine_alone_then_a_clear_error(ray_cluster, faulty):
+    # max_retries=1: the engine sends the 502 twice; Ray's stage retries nothing and fails no block, so the request
+    # beside it in the same waves is answered.
     tcfg = TeacherConfig(backend="openai", model="m", base_url=faulty, api_key_env="", max_retries=1)
     engine = _ray_engine(tcfg)
     try:
-        with pytest.raises(TeacherError, match="failed after 1 retries: ray_block_failed"):
-            engine.generate([_ask("DOWN for good")])
+        with pytest.raises(TeacherError, match="failed after 1 retries: http_502"):
+            engine.generate([_ask("DOWN for good"), _ask("fine")])
         info = engine.describe()["backend"]
     finally:
         engine.close()
-    assert _Faults.seen["DOWN for good"] == 4
-    assert info["rows_failed"] == 2
+    assert _Faults.seen["DOWN for good"] == 2 and _Faults.seen["fine"] == 1
+    assert info["rows_failed"] == 0
+
+
+def test_a_dead_replica_is_a_connection_error_retried_then_one_line(ray_cluster):
+    from tests.conftest import free_port
+
+    tcfg = TeacherConfig(backend="openai", model="m", base_url=f"http://127.0.0.1:{free_port()}/v1",
+                         api_key_env="", max_retries=1)
+    engine = _ray_engine(tcfg)
+    try:
+        with pytest.raises(TeacherError, match="failed after 1 retries: connection"):
+            engine.generate([_ask("anyone there?")])
+    finally:
+        engine.close()
 
 
 def test_the_api_key_travels_as_a_header_and_never_in_the_description(ray_cluster, sims, monkeypatch):
