@@ -66,7 +66,7 @@ from .options import openai_body
 log = logging.getLogger(__name__)
 STAGE_CPUS = 0.25  # logical CPUs per HTTP actor and per pre/post-processing task: they wait on the network
 WAVE_THREADS = 32  # waves in flight at once (each waits on its Ray execution in a thread of its own)
-CLOSE_GRACE_S = 5.0  # what aclose gives running waves before it stops the cluster under them
+CLOSE_GRACE_S = 8.0  # what aclose gives running waves before it stops the cluster under them (Engine.close: 30 s)
 
 
 # -- what the Ray workers run (module level: pickled by reference) ----------------------------------------------
@@ -180,6 +180,7 @@ class RayDataBackend(OpenAIBackend):
         self._urls: list[str] = []
         self._processors: list[Any] | None = None
         self._opening: asyncio.Future | None = None
+        self._servers: Any = None  # the replicas we started (scale.launch_llamacpp)
         self._closing = threading.Event()  # aclose has begun: _open undoes itself, _execute stops reading rows
         self._threads = ThreadPoolExecutor(max_workers=WAVE_THREADS, thread_name_prefix="ray-wave")
         self._context_lock = threading.Lock()
@@ -197,18 +198,18 @@ class RayDataBackend(OpenAIBackend):
             raise TeacherError('scale.engine = "ray" needs the ray extra: pip install -e ".[ray]"') from None
         sc = self.scale
         try:
+            self._resources.enter_context(ray_session(sc.address, sc.num_cpus))
             if sc.launch_llamacpp:
                 from .replicas import LlamaServers
 
                 logs = self._state_dir.parent / "replicas" if self._state_dir is not None else None
-                servers = LlamaServers(sc.launch_llamacpp, sc.launch_gguf, alias=self.cfg.model,
-                                       n_ctx=self.cfg.n_ctx, threads=sc.launch_threads, log_dir=logs)
-                self._resources.callback(servers.close)
-                bases = servers.urls
+                self._servers = LlamaServers(sc.launch_llamacpp, sc.launch_gguf, alias=self.cfg.model,
+                                             n_ctx=self.cfg.n_ctx, threads=sc.launch_threads, log_dir=logs)
+                self._resources.callback(self._servers.close)  # closed before the cluster (last in, first out)
+                bases = self._servers.urls
             else:
                 bases = sc.replicas or [self.cfg.base_url]
             self._urls = [_chat_url(b) for b in bases]
-            self._resources.enter_context(ray_session(sc.address, sc.num_cpus))
             # Ray Data logs every execution it starts and ends (INFO) and that progress bars are off (WARNING):
             # a wave is one execution, so that would be a few lines per stage step. Errors still show.
             logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -392,11 +393,13 @@ class RayDataBackend(OpenAIBackend):
         self._queue = []
         if self._opening is not None:
             await asyncio.gather(self._opening, return_exceptions=True)
-        if self._waves:  # a wave waiting on a slow row ends at its next row, or when the cluster stops below
+        if self._servers is not None:  # our replicas go first: the requests still in Ray fail at once
+            await asyncio.to_thread(self._servers.close)
+        if self._waves:  # a wave ends at its next row once closing is set (or when the cluster stops below)
             await asyncio.wait(list(self._waves), timeout=CLOSE_GRACE_S)
         await asyncio.to_thread(self._resources.close)
         if self._waves:
-            await asyncio.gather(*list(self._waves), return_exceptions=True)
+            await asyncio.wait(list(self._waves), timeout=CLOSE_GRACE_S)
         self._threads.shutdown(wait=False)
         await super().aclose()
 

@@ -16,6 +16,7 @@ from ..errors import TeacherError
 from .embedded import embedded_model_path
 
 START_TIMEOUT_S = 180.0
+STOP_GRACE_S = 3.0
 
 
 def _free_ports(n: int) -> list[int]:
@@ -79,12 +80,15 @@ class LlamaServers:
                 time.sleep(0.3)
 
     def close(self) -> None:
+        """Stop the servers: SIGTERM, and SIGKILL for one still up after ``STOP_GRACE_S`` (uvicorn would wait for
+        the requests it is answering; nobody wants those answers any more)."""
         for proc in self.procs:
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + STOP_GRACE_S
         for proc in self.procs:
             try:
-                proc.wait(timeout=20)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
