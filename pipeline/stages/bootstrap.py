@@ -17,20 +17,21 @@ Decisions keep Self-Instruct's order and do not depend on which answer arrives f
   4. results are emitted request by request, each request's tasks in order, and stop at exactly the
      ``target_instructions``-th kept task. A resumed run replays the same decisions from the request cache.
 
-Shards (``bootstrap.shards = K``, ``run_shards``). The loop above is sequential by nature: request g's prompt
-waits on the decisions of requests before it, so one loop keeps at most a window of generation requests (and
-their instance chains) in flight, which is too little for many teacher replicas. K independent loops run at once
-on the one engine instead: loop k starts from the same seeds, samples its prompts with its own seed
-(``bootstrap.seed + k``), numbers its tasks ``bs<k>-...`` and stops at its share of the target
-(ceil(target / K)). When all have stopped, their tasks are deduplicated against each other in one fixed order
-(task 0 of every loop in loop order, then task 1 of every loop, ...; each task's instruction against the tasks
-kept before it, with the same ROUGE-L threshold), and the first ``target`` survivors are kept (fewer if the loops
-duplicated each other beyond the margin: the stage records ``tasks_kept``); the losers are rejected as
-``rouge_duplicate`` with ``cross_shard = true``, the surplus past the target as ``beyond_target``. The result depends on K and on nothing else (not on
-timing): each loop is deterministic, and so is the merge. How K changes the data: each loop's prompts show only
-its own machine instructions, so the loops explore from the seeds independently and find some of the same tasks
-(the merge removes those, so a K-shard run asks for more generation requests per kept task than one loop), and
-the kept set holds the early, seed-near tasks of K loops rather than the late tasks of one long loop.
+Shards (``bootstrap.shards = K``, ``run_shards``). The loop above is sequential by nature: request g's prompt waits
+on the decisions of requests before it, so one loop keeps at most a window of generation requests (and their
+instance chains) in flight, which is too little for many teacher replicas. K independent loops run at once on the
+one engine instead: loop k starts from the same seeds, samples its prompts with its own seed (``bootstrap.seed +
+k``), numbers its tasks ``bs<k>-...`` and stops at its share of the target (ceil(target x (1 +
+bootstrap.shard_overshoot) / K): the loops find some of the same tasks, and the margin makes up for them). When all
+have stopped, their tasks are deduplicated against each other in one fixed order (task 0 of every loop in loop
+order, then task 1 of every loop, ...; each task's instruction against the tasks kept before it, with the same
+ROUGE-L threshold), and the first ``target`` survivors are kept (fewer if the loops duplicated each other beyond the
+margin: the stage records ``tasks_kept``); the losers are rejected as ``rouge_duplicate`` with ``cross_shard =
+true``, the surplus past the target as ``beyond_target``. The result depends on K and on nothing else (not on
+timing): each loop is deterministic, and so is the merge. How K changes the data: each loop's prompts show only its
+own machine instructions, so the loops explore from the seeds independently and find some of the same tasks (the
+merge removes those, so a K-shard run asks for more generation requests per kept task than one loop), and the kept
+set holds the early, seed-near tasks of K loops rather than the late tasks of one long loop.
 
 The stage is a pure coroutine of (state, engine, config): the caller's ``emit`` owns all file I/O.
 """
@@ -58,6 +59,13 @@ from .parsing import json_string_list, split_numbered_list
 STAGE = "bootstrap"
 
 
+def _novelty_index(fcfg: FilterConfig) -> NoveltyIndex:
+    """The filter's ROUGE-L novelty check with the exact nearest match for every candidate: the bootstrap pool is
+    small, and kept records carry their nearest match."""
+    return NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens,
+                        exact_nearest=True)
+
+
 @dataclass
 class BootstrapState:
     seed_instructions: list[str]
@@ -73,9 +81,7 @@ class BootstrapState:
 
     @classmethod
     def start(cls, seeds: list[Record], fcfg: FilterConfig, prefix: str = "bs") -> "BootstrapState":
-        # Exact nearest for every candidate: the bootstrap pool is small, and kept records carry their nearest match.
-        index = NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens,
-                             exact_nearest=True)
+        index = _novelty_index(fcfg)
         instructions: list[str] = []
         seen: set[str] = set()
         for rec in seeds:
@@ -334,8 +340,7 @@ async def run_shards(states: list[BootstrapState], engine: Engine, cfg: Bootstra
         tasks.append(list(by_task.values()))
     # Each loop already checked its tasks against the seeds and its own earlier tasks: the merge compares tasks of
     # different loops only, through one index of the tasks kept so far.
-    index = NoveltyIndex(fcfg.rouge_threshold, use_stemmer=fcfg.use_stemmer, unicode=fcfg.unicode_tokens,
-                         exact_nearest=True)
+    index = _novelty_index(fcfg)
     kept_tasks = 0
     for j in range(max((len(t) for t in tasks), default=0)):
         for k, loop_tasks in enumerate(tasks):

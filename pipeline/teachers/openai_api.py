@@ -94,7 +94,7 @@ class OpenAIBackend:
                 self._secret = base.password or base.user
             base = base.with_user(None)
         self._base_url = str(base).rstrip("/")
-        self._url = self._base_url + "/chat/completions"
+        self._url = chat_url(self._base_url)
         self._where = redact(cfg.base_url) or "api.openai.com"
         self._session: aiohttp.ClientSession | None = None
         self._client: openai.AsyncOpenAI | None = None
@@ -174,6 +174,10 @@ class OpenAIBackend:
             raise Transient("truncated", self.redact(f"truncated response: {e}")) from None
         except aiohttp.ClientError as e:  # resets, refused connections, disconnects
             raise Transient("connection", self.redact(f"{type(e).__name__}: {e}")) from None
+        return self.completion_from_answer(status, raw, retry_after)
+
+    def completion_from_answer(self, status: int, raw: bytes, retry_after: str | None = None) -> Completion:
+        """An HTTP answer (status, body, Retry-After) as a completion, or the error the engine sorts it into."""
         if status != 200:
             raise self.status_error(status, error_message(raw), retry_after)
         try:
@@ -190,6 +194,15 @@ class OpenAIBackend:
         if self._client is not None:
             await self._client.close()
             self._client = None
+
+
+def chat_url(base_url: str) -> str:
+    """``<base>/chat/completions`` for an OpenAI-compatible base URL ("" = OpenAI's), without any credentials in
+    it (they travel as a header)."""
+    base = yarl.URL(base_url or OPENAI_BASE_URL)
+    if base.user is not None:
+        base = base.with_user(None)
+    return str(base).rstrip("/") + "/chat/completions"
 
 
 def _field(obj: Any, name: str) -> Any:

@@ -5,15 +5,16 @@ engine owns stays as it is (the request cache, the budget, retries, priorities),
 stage code builds the requests and parses and filters the answers, and the run store writes them. Underneath,
 requests are collected into waves, and each wave is one Ray Data execution:
 
-    from_items(row per request: index, replica, the JSON body)          blocks of concurrency_per_replica rows
+    from_items(row per request: index, the JSON body), per replica       blocks of concurrency_per_replica rows
     -> per replica: ray.data.llm's HTTP processor (HttpRequestProcessorConfig(url=<replica>/chat/completions))
     -> union of the replicas' datasets -> iter_rows on the driver: each answer completes its request at once
 
-A wave starts once no new request has come for ``scale.wave_idle_s`` (every stage is waiting on an answer) or once
-it holds ``scale.max_wave`` requests; waves overlap (a stage that got its answers sends its next requests in the
-next wave while the slow answers of the last one are still coming). The engine's window is lifted in this mode
-(``make_engine``), as for the Batch API, so a whole round goes into one wave. Requests are dealt round-robin over
-the replicas (``scale.replicas``, or ``teacher.base_url``, or servers started by ``scale.launch_llamacpp``).
+A wave starts once no new request has come for ``scale.wave_idle_s`` (every stage is waiting on an answer), once it
+holds ``scale.max_wave`` requests, or once its first request has waited ``scale.wave_max_wait_s``; waves overlap (a
+stage that got its answers sends its next requests in the next wave while the slow answers of the last one are still
+coming). The engine's window is lifted in this mode (``make_engine``), as for the Batch API, so a whole round goes
+into one wave. Requests are dealt round-robin over the replicas (``scale.replicas``, or ``teacher.base_url``, or
+servers started by ``scale.launch_llamacpp``).
 
 What Ray's HTTP stage does and what we do around it (ray 2.60, ``ray/llm/_internal/batch/stages/
 http_request_stage.py``): it sends the rows of one batch one after another and runs up to
@@ -55,12 +56,11 @@ from pathlib import Path
 from typing import Any, Awaitable
 
 import aiohttp
-import yarl
 
 from ..config import ScaleConfig, TeacherConfig
 from ..errors import TeacherError
 from .base import ChatRequest, Completion, Transient
-from .openai_api import OpenAIBackend, error_message, completion_from_body
+from .openai_api import OpenAIBackend, chat_url
 from .options import openai_body
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ class RayDataBackend(OpenAIBackend):
                 bases = self._servers.urls
             else:
                 bases = sc.replicas or [self.cfg.base_url]
-            self._urls = [_chat_url(b) for b in bases]
+            self._urls = [chat_url(b) for b in bases]
             # Ray Data logs every execution it starts and ends (INFO) and that progress bars are off (WARNING):
             # a wave is one execution, so that would be a few lines per stage step. Errors still show.
             logging.getLogger("ray.data").setLevel(logging.ERROR)
@@ -269,13 +269,7 @@ class RayDataBackend(OpenAIBackend):
         if status == 0:  # no HTTP answer (BodySession): timeout, truncated body, connection error
             kind = raw.split(":", 1)[0]
             raise Transient(kind, self.redact(raw)[:500])
-        if status != 200:
-            raise self.status_error(status, error_message(raw.encode()), retry_after or None)
-        try:
-            data = json.loads(raw)
-        except ValueError:  # a 200 whose body is not JSON (cut short, garbled)
-            raise Transient("malformed_response", self.redact(f"unreadable completion body: {raw[:200]!r}")) from None
-        return completion_from_body(data)
+        return self.completion_from_answer(status, raw.encode(), retry_after or None)
 
     def _start_wave(self) -> None:
         if self._timer is not None:
@@ -403,10 +397,3 @@ class RayDataBackend(OpenAIBackend):
         self._threads.shutdown(wait=False)
         await super().aclose()
 
-
-def _chat_url(base_url: str) -> str:
-    """``<base>/chat/completions`` with any credentials left out of the URL (they travel as a header)."""
-    base = yarl.URL(base_url or "https://api.openai.com/v1")
-    if base.user is not None:
-        base = base.with_user(None)
-    return str(base).rstrip("/") + "/chat/completions"

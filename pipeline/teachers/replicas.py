@@ -54,8 +54,8 @@ class LlamaServers:
             for k, port in enumerate(_free_ports(n)):
                 with open(self.log_dir / f"replica-{k}.log", "w") as log:
                     self.procs.append(subprocess.Popen(
-                        [sys.executable, "-m", __name__, str(os.getpid()), "--model", str(model), "--model_alias", alias,
-                         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+                        [sys.executable, "-m", __name__, str(os.getpid()), "--model", str(model),
+                         "--model_alias", alias, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
                          "--n_threads", str(threads)],
                         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True))
                 self.urls.append(f"http://127.0.0.1:{port}/v1")
