@@ -325,7 +325,10 @@ def test_read_records_formats(tmp_path):
     array = tmp_path / "alpaca_data.json"
     array.write_text(json.dumps([{"instruction": "Say hi.", "input": "", "output": "hi"}]))
     assert read_records(array)[0].instruction == "Say hi."
-    published = read_records(PUBLISHED_SEEDS)
+
+
+def test_read_records_reads_the_published_seed_file(published_seeds):
+    published = read_records(published_seeds)
     assert len(published) == 175 and sum(not r.input for r in published) == 50
 
 
@@ -350,11 +353,11 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
 
 
-def test_cli_filter_published_seeds(tmp_path):
+def test_cli_filter_published_seeds(tmp_path, published_seeds):
     from pipeline.cli.main import app
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["filter", str(PUBLISHED_SEEDS), "--out", str(out)])
+    result = CliRunner().invoke(app, ["filter", str(published_seeds), "--out", str(out)])
     assert result.exit_code == 0, result.output
     kept, rejected = _lines(out / "kept.jsonl"), _lines(out / "rejected.jsonl")
     stats = json.loads((out / "stats.json").read_text())
@@ -368,7 +371,7 @@ def test_cli_filter_published_seeds(tmp_path):
     # Our seeds with the published ones preloaded, a stricter threshold and a --set override.
     out2 = tmp_path / "out2"
     result = CliRunner().invoke(app, ["filter", str(OUR_SEEDS), "--out", str(out2), "--reference",
-                                      str(PUBLISHED_SEEDS), "--rouge-threshold", "0.5", "--set", "min_words=3"])
+                                      str(published_seeds), "--rouge-threshold", "0.5", "--set", "min_words=3"])
     assert result.exit_code == 0, result.output
     stats = json.loads((out2 / "stats.json").read_text())
     assert stats["config"]["rouge_threshold"] == 0.5 and stats["config"]["min_words"] == 3
@@ -387,9 +390,10 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path):
     assert not (tmp_path / "o").exists()
     result = CliRunner().invoke(app, ["filter", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "file not found" in result.output
-    result = CliRunner().invoke(app, ["filter", str(PUBLISHED_SEEDS), "--out", str(tmp_path / "o"),
+    result = CliRunner().invoke(app, ["filter", str(OUR_SEEDS), "--out", str(tmp_path / "o"),
                                       "--set", "filter.minhash_backend=redis"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "minhash_backend" in result.output
 
 
 @pytest.mark.parametrize("up_to, exact", [(20_000, True), (0, False)])
